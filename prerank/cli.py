@@ -1,0 +1,124 @@
+"""``prerank``: the one command line of the project.
+
+Subcommands: ``stack up|down|status``, ``topics create``, ``worker``, ``bench NAME``,
+``health`` and, as they land, ``replay``, ``demo`` and ``report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+
+from prerank.exceptions import PrerankError
+from prerank.settings import Settings, load_settings
+
+BENCHES = ("train", "score", "quality", "freshness", "scoring-topic")
+
+
+def _stack(args: argparse.Namespace, settings: Settings) -> int:
+    from prerank import stack
+
+    if args.action == "up":
+        started = time.monotonic()
+        ready = stack.up(settings, with_prometheus=args.prometheus or None)
+        for name, seconds in ready.items():
+            print(f"{name:<11} ready after {seconds:5.1f}s")
+        print(f"stack up in {time.monotonic() - started:.1f}s")
+    elif args.action == "down":
+        stopped = stack.down(settings)
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    else:
+        report = stack.status(settings)
+        for name, state in report.items():
+            health = "ready" if state["ready"] else ("starting" if state["pid"] else "stopped")
+            print(f"{name:<11} {health:<8} pid={state['pid']} {state['address']}")
+        return 0 if all(state["ready"] for state in report.values() if state["pid"]) else 1
+    return 0
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.registry import create_topics
+
+    outcome = create_topics(settings.kafka.kafka_python_config(), settings.topics)
+    for name, what in outcome.items():
+        print(f"{what:<8} {name}")
+    return 0
+
+
+def _health(args: argparse.Namespace, settings: Settings) -> int:
+    """Bring the stack up, create topics and check Kafka and Redis answer: the interim main job."""
+    from prerank import stack
+
+    stack.up(settings)
+    _topics(args, settings)
+    import redis
+
+    client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
+    client.ping()
+    print(json.dumps(stack.status(settings), indent=2))
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.worker import run_worker
+
+    return run_worker(settings, agents=args.agents.split(","), extra=args.faust_args)
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    module = importlib.import_module(f"bench.{args.name.replace('-', '_')}")
+    return module.main(args.bench_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prerank", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stack", help="the embedded local stack (Kafka, Redis, Prometheus)")
+    p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument("--prometheus", action="store_true", help="also start Prometheus")
+    p.set_defaults(run=_stack)
+
+    p = sub.add_parser("topics", help="create every topic (idempotent)")
+    p.add_argument("action", choices=("create",))
+    p.set_defaults(run=_topics)
+
+    p = sub.add_parser("health", help="start the stack, create topics, check every service")
+    p.set_defaults(run=_health)
+
+    p = sub.add_parser("worker", help="run Faust agents in this process")
+    p.add_argument("--agents", default="joiner,history,trainer,publisher,scorer")
+    p.add_argument("faust_args", nargs=argparse.REMAINDER)
+    p.set_defaults(run=_worker)
+
+    p = sub.add_parser("bench", help="run a benchmark; writes JSON with --json PATH")
+    p.add_argument("name", choices=BENCHES)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(run=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    settings = load_settings()
+    try:
+        return args.run(args, settings)
+    except PrerankError as exc:
+        print(f"prerank: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The one settings object, read once at process start (env prefix ``PRERANK_``).
+
+Nothing else in the project reads the environment: entry points call :func:`load_settings`
+and pass the frozen object (or parts of it) down. Nested fields use ``__`` in variable
+names, e.g. ``PRERANK_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:19092``.
+
+>>> s = Settings(_env_file=None)
+>>> s.kafka.bootstrap_servers
+'127.0.0.1:19092'
+>>> s.topics.name("score-requests")
+'prerank.score-requests'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(BaseModel):
+    """Broker address and security, handed to both kafka-python and Faust/aiokafka."""
+
+    model_config = _FROZEN
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    def kafka_python_config(self) -> dict[str, Any]:
+        """Keyword arguments for kafka-python clients (producer, consumer, admin)."""
+        config: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            config["sasl_mechanism"] = self.sasl_mechanism
+            config["sasl_plain_username"] = self.sasl_username
+            config["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(self, key)
+            if value is not None:
+                config[key] = str(value)
+        return config
+
+
+class RedisSettings(BaseModel):
+    """Item-vector cache. The password never appears in ``repr`` or logs."""
+
+    model_config = _FROZEN
+
+    url: str = "redis://127.0.0.1:16379/0"
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    tls_ca_certs: Path | None = None
+    socket_timeout_s: float = 0.5
+    key_prefix: str = "prerank"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``redis.Redis.from_url(self.url, **kwargs)``."""
+        kwargs: dict[str, Any] = {
+            "socket_timeout": self.socket_timeout_s,
+            "socket_connect_timeout": self.socket_timeout_s,
+        }
+        if self.username:
+            kwargs["username"] = self.username
+        if self.password is not None:
+            kwargs["password"] = self.password.get_secret_value()
+        if self.tls:
+            kwargs["ssl"] = True
+            if self.tls_ca_certs is not None:
+                kwargs["ssl_ca_certs"] = str(self.tls_ca_certs)
+        return kwargs
+
+
+class TopicSettings(BaseModel):
+    """Topic names (one prefix for all) and partition counts."""
+
+    model_config = _FROZEN
+
+    prefix: str = "prerank."
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=60_000)
+
+    def name(self, topic: str) -> str:
+        return f"{self.prefix}{topic}"
+
+
+class StackSettings(BaseModel):
+    """Where and how the embedded local stack runs (all on loopback)."""
+
+    model_config = _FROZEN
+
+    home: Path = Path(".stack")
+    cache: Path = Path(".cache")
+    host: str = "127.0.0.1"
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    kafka_heap: str = "512m"
+    redis_port: int = 16379
+    prometheus_port: int = 19090
+    with_prometheus: bool = False
+    start_timeout_s: float = 90.0
+
+
+class ModelSettings(BaseModel):
+    """Student sizes and training mode; the defaults are the design's."""
+
+    model_config = _FROZEN
+
+    output_dim: int = Field(default=512, ge=8)
+    hidden_dim: int = Field(default=512, ge=8)
+    embedding_dim: int = Field(default=32, ge=4)
+    mode: Literal["cascade", "distill", "impressions"] = "cascade"
+    top_n: int = Field(default=10, ge=1)
+    easy_negatives: int = Field(default=20, ge=0)
+    min_count: int = Field(default=1, ge=1)
+    seed: int = 0
+
+
+class WorkerSettings(BaseModel):
+    """Faust workers and the agents' knobs."""
+
+    model_config = _FROZEN
+
+    app_id: str = "prerank"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    metrics_port: int = 9464
+    store: str = "memory://"
+    data_dir: Path = Path(".stack/faust")
+    join_window_s: float = 600.0
+    train_batch_requests: int = Field(default=32, ge=1)
+    train_batch_timeout_s: float = Field(default=0.5, gt=0)
+    checkpoint_dir: Path = Path(".stack/checkpoints")
+    checkpoint_interval_s: float = Field(default=30.0, gt=0)
+    publish_interval_s: float = Field(default=2.0, gt=0)
+    hot_items: int = Field(default=20_000, ge=1)
+    vector_dtype: Literal["float32", "float16"] = "float16"
+    version_ttl_s: int = Field(default=3600, ge=10)
+    max_candidates: int = Field(default=5000, ge=1)
+    max_k: int = Field(default=1000, ge=1)
+    local_cache_items: int = Field(default=50_000, ge=0)
+
+
+class Settings(BaseSettings):
+    """Everything configurable, frozen after start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PRERANK_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    topics: TopicSettings = TopicSettings()
+    stack: StackSettings = StackSettings()
+    model: ModelSettings = ModelSettings()
+    worker: WorkerSettings = WorkerSettings()
+    data: Path = Path("../shared/data/kuairand-pure")
+    require_services: bool = False
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment once; keyword overrides win (used by the CLI and tests)."""
+    return Settings(**overrides)

@@ -1,0 +1,288 @@
+"""The embedded local stack: Apache Kafka (KRaft), Redis and optionally Prometheus, on loopback.
+
+``up`` is idempotent and returns only when every service answers; ``down`` stops exactly the
+processes ``up`` started (pid files under the stack home, checked against the process's command
+line before any signal); ``status`` reports each service.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from prerank.exceptions import MissingToolError, ServiceStartError
+from prerank.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+KAFKA_POM = REPO / "infra" / "kafka" / "pom.xml"
+KAFKA_LOG4J = REPO / "infra" / "kafka" / "log4j.properties"
+PROMETHEUS_CONFIG = REPO / "monitoring" / "prometheus" / "prometheus-local.yml"
+
+INSTALL_HINTS = {
+    "java": "apt-get install -y openjdk-17-jre-headless",
+    "mvn": "apt-get install -y maven",
+    "redis-server": "apt-get install -y redis-server",
+    "prometheus": "apt-get install -y prometheus",
+}
+
+
+def require_tool(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise MissingToolError(tool, INSTALL_HINTS.get(tool, f"install {tool}"))
+    return path
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Service:
+    """One process of the stack: how to prepare, start and probe it."""
+
+    name: str
+    settings: Settings
+
+    @property
+    def home(self) -> Path:
+        return (self.settings.stack.home / self.name).resolve()
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "stdout.log"
+
+    @property
+    def port(self) -> int:
+        raise NotImplementedError
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """One-time set-up before the first start (idempotent)."""
+
+    def ready(self) -> bool:
+        return port_open(self.settings.stack.host, self.port)
+
+    def pid(self) -> int | None:
+        """The pid of our running process, or None (stale pid files are ignored)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            # Our processes run with the service home as working directory: a reused pid does not.
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except (OSError, ValueError):
+            return None
+        return pid if cwd == str(self.home) else None
+
+    def start(self) -> bool:
+        """Start unless already running; returns True if a process was started."""
+        if self.pid() is not None:
+            return False
+        if port_open(self.settings.stack.host, self.port):
+            raise ServiceStartError(
+                f"{self.name}: port {self.settings.stack.host}:{self.port} is taken by a process "
+                "this stack did not start; stop it or configure another port"
+            )
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        with self.log_file.open("ab") as log:
+            process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.home, start_new_session=True,
+            )
+        self.pid_file.write_text(str(process.pid))
+        return True
+
+    def wait_ready(self, timeout_s: float) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if self.ready():
+                return time.monotonic() - started
+            if self.pid() is None:
+                raise ServiceStartError(f"{self.name} exited during start; see {self.log_file}")
+            time.sleep(0.25)
+        raise ServiceStartError(f"{self.name} not ready after {timeout_s:.0f}s; see {self.log_file}")
+
+    def stop(self, timeout_s: float = 20.0) -> bool:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.pid() is not None:
+            time.sleep(0.2)
+        if self.pid() is not None:
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+class Kafka(Service):
+    """A combined KRaft broker+controller started with ``java`` from Maven-resolved jars."""
+
+    @property
+    def port(self) -> int:
+        return self.settings.stack.kafka_port
+
+    @property
+    def libs(self) -> Path:
+        return (self.settings.stack.cache / "kafka-libs").resolve()
+
+    def ensure_jars(self) -> None:
+        if any(self.libs.glob("kafka_2.13-*.jar")):
+            return
+        mvn = require_tool("mvn")
+        subprocess.run(
+            [mvn, "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
+             f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime"],
+            check=True,
+        )
+
+    def properties(self) -> str:
+        stack = self.settings.stack
+        return "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@{stack.host}:{stack.kafka_controller_port}",
+            f"listeners=PLAINTEXT://{stack.host}:{stack.kafka_port},"
+            f"CONTROLLER://{stack.host}:{stack.kafka_controller_port}",
+            f"advertised.listeners=PLAINTEXT://{stack.host}:{stack.kafka_port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={self.home / 'data'}",
+            "num.partitions=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=8",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "message.max.bytes=8388608",
+            "",
+        ])
+
+    def java_command(self, main_class: str, *args: str) -> list[str]:
+        java = require_tool("java")
+        return [
+            java, f"-Xmx{self.settings.stack.kafka_heap}", f"-Xms{self.settings.stack.kafka_heap}",
+            "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={self.home / 'logs'}", f"-Dlog4j.configuration=file:{KAFKA_LOG4J}",
+            "-cp", f"{self.libs}/*", main_class, *args,
+        ]
+
+    def prepare(self) -> None:
+        require_tool("java")
+        self.ensure_jars()
+        config = self.home / "server.properties"
+        config.write_text(self.properties())
+        if (self.home / "data" / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        subprocess.run(
+            self.java_command("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+            check=True, stdout=subprocess.DEVNULL,
+        )
+
+    def command(self) -> list[str]:
+        return self.java_command("kafka.Kafka", str(self.home / "server.properties"))
+
+    def ready(self) -> bool:
+        if not port_open(self.settings.stack.host, self.port):
+            return False
+        from kafka.admin import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        try:
+            admin = KafkaAdminClient(
+                **self.settings.kafka.kafka_python_config(), request_timeout_ms=3000,
+                client_id="prerank-stack-probe",
+            )
+        except (KafkaError, OSError, ValueError):
+            return False
+        try:
+            admin.list_topics()
+            return True
+        except (KafkaError, OSError):
+            return False
+        finally:
+            admin.close()
+
+
+class Redis(Service):
+    @property
+    def port(self) -> int:
+        return self.settings.stack.redis_port
+
+    def command(self) -> list[str]:
+        command = [
+            require_tool("redis-server"), "--bind", self.settings.stack.host,
+            "--port", str(self.port), "--dir", str(self.home), "--save", "",
+            "--appendonly", "no", "--protected-mode", "yes",
+        ]
+        if self.settings.redis.password is not None:
+            command += ["--requirepass", self.settings.redis.password.get_secret_value()]
+        return command
+
+
+class Prometheus(Service):
+    @property
+    def port(self) -> int:
+        return self.settings.stack.prometheus_port
+
+    def command(self) -> list[str]:
+        return [
+            require_tool("prometheus"), f"--config.file={PROMETHEUS_CONFIG}",
+            f"--web.listen-address={self.settings.stack.host}:{self.port}",
+            f"--storage.tsdb.path={self.home / 'data'}", "--storage.tsdb.retention.time=2d",
+        ]
+
+
+def services(settings: Settings, with_prometheus: bool | None = None) -> list[Service]:
+    chosen: list[Service] = [Kafka("kafka", settings), Redis("redis", settings)]
+    if settings.stack.with_prometheus if with_prometheus is None else with_prometheus:
+        chosen.append(Prometheus("prometheus", settings))
+    return chosen
+
+
+def up(settings: Settings, with_prometheus: bool | None = None) -> dict[str, float]:
+    """Start what is not running and wait for all; returns seconds to ready per service."""
+    chosen = services(settings, with_prometheus)
+    for service in chosen:
+        service.start()
+    return {s.name: s.wait_ready(settings.stack.start_timeout_s) for s in chosen}
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop every service this stack started (Prometheus included); returns the stopped names."""
+    return [s.name for s in reversed(services(settings, True)) if s.stop()]
+
+
+def status(settings: Settings) -> dict[str, dict]:
+    report = {}
+    for service in services(settings, True):
+        pid = service.pid()
+        report[service.name] = {
+            "pid": pid,
+            "address": f"{settings.stack.host}:{service.port}",
+            "ready": pid is not None and service.ready(),
+        }
+    return report

@@ -1,0 +1,26 @@
+"""``impressions`` (key user_id): one exposure with its feedback, from the app's event log."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from streams.base import Codec, Record, TopicSpec
+from streams.types import Flag, Id, TimestampMs
+
+
+class Impression(Record):
+    request_id: Id
+    user_id: Id
+    item_id: Id
+    ts_ms: TimestampMs
+    position: int = Field(default=0, ge=0)
+    tab: int = Field(default=0, ge=0, le=1000)
+    click: Flag = 0
+    long_view: Flag = 0
+    like: Flag = 0
+    play_ms: int = Field(default=0, ge=0)
+    duration_ms: int = Field(default=0, ge=0)
+
+
+TOPIC = TopicSpec("impressions")
+CODEC = Codec(Impression)

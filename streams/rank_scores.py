@@ -1,0 +1,26 @@
+"""``rank-scores`` (key user_id): the fine ranker's per-objective logits for the items it ranked."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from streams.base import Codec, Record, TopicSpec
+from streams.types import Id, TimestampMs
+
+
+class RankedItem(Record):
+    item_id: Id
+    logits: dict[str, float] = Field(min_length=1, max_length=16)
+    rank: int = Field(ge=0)
+
+
+class RankScores(Record):
+    request_id: Id
+    user_id: Id
+    ts_ms: TimestampMs
+    candidates: list[Id] = Field(default_factory=list, max_length=5000)
+    items: list[RankedItem] = Field(min_length=1, max_length=5000)
+
+
+TOPIC = TopicSpec("rank-scores")
+CODEC = Codec(RankScores)

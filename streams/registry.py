@@ -1,0 +1,66 @@
+"""Every topic of the system, and idempotent creation with kafka-python's admin client."""
+
+from __future__ import annotations
+
+from streams import (
+    dead_letters,
+    impressions,
+    item_catalog,
+    model_versions,
+    rank_scores,
+    score_requests,
+    score_responses,
+    training_samples,
+    user_profiles,
+)
+from streams.base import TopicSpec
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    item_catalog.TOPIC,
+    user_profiles.TOPIC,
+    score_requests.TOPIC,
+    score_responses.TOPIC,
+    rank_scores.TOPIC,
+    impressions.TOPIC,
+    training_samples.TOPIC,
+    model_versions.TOPIC,
+    dead_letters.TOPIC,
+)
+
+
+def create_topics(kafka_config: dict, topic_settings) -> dict[str, str]:
+    """Create every missing topic; returns ``{full_name: "created" | "exists"}``.
+
+    ``kafka_config`` is :meth:`prerank.settings.KafkaSettings.kafka_python_config`;
+    ``topic_settings`` is :class:`prerank.settings.TopicSettings`.
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(client_id="prerank-topics", **kafka_config)
+    try:
+        existing = set(admin.list_topics())
+        outcome: dict[str, str] = {}
+        new_topics = []
+        for spec in ALL_TOPICS:
+            name = topic_settings.name(spec.name)
+            if name in existing:
+                outcome[name] = "exists"
+                continue
+            new_topics.append(
+                NewTopic(
+                    name=name,
+                    num_partitions=spec.partitions or topic_settings.partitions,
+                    replication_factor=topic_settings.replication_factor,
+                    topic_configs=spec.configs(topic_settings.retention_ms),
+                )
+            )
+            outcome[name] = "created"
+        for topic in new_topics:
+            try:
+                admin.create_topics([topic])
+            except TopicAlreadyExistsError:  # created concurrently by another process
+                outcome[topic.name] = "exists"
+        return outcome
+    finally:
+        admin.close()

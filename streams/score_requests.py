@@ -1,0 +1,36 @@
+"""``score-requests`` (key user_id): a pre-ranking request with its recalled candidates."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from streams.base import Codec, Record, TopicSpec
+from streams.types import Id, TimestampMs
+
+MAX_CANDIDATES = 5000
+
+
+class RequestContext(Record):
+    tab: int = Field(default=0, ge=0, le=1000)
+    hour: int = Field(default=0, ge=0, le=23)
+    weekday: int = Field(default=0, ge=0, le=6)
+
+
+class ScoreRequest(Record):
+    request_id: Id
+    user_id: Id
+    ts_ms: TimestampMs
+    context: RequestContext = RequestContext()
+    candidates: list[Id] = Field(min_length=1, max_length=MAX_CANDIDATES)
+    k: int = Field(default=100, ge=1)
+    reply_http: bool = False
+
+    @model_validator(mode="after")
+    def _k_within_candidates(self) -> ScoreRequest:
+        if self.k > len(self.candidates):
+            object.__setattr__(self, "k", len(self.candidates))
+        return self
+
+
+TOPIC = TopicSpec("score-requests", retention_ms=3600 * 1000)
+CODEC = Codec(ScoreRequest)

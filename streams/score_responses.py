@@ -1,0 +1,29 @@
+"""``score-responses`` (key user_id): the scorer's top-k, or an error naming what was wrong."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from streams.base import Codec, Record, TopicSpec
+from streams.types import Id
+
+
+class ScoredItem(Record):
+    item_id: Id
+    score: float
+
+
+class ScoreResponse(Record):
+    request_id: str = Field(max_length=256)
+    user_id: str = Field(max_length=256)
+    items: list[ScoredItem] = Field(default_factory=list)
+    model_version: int = -1
+    latency_ms: float = Field(default=0.0, ge=0)
+    cache_tiers: dict[str, int] = Field(default_factory=dict)
+    unknown_items: int = Field(default=0, ge=0)
+    degraded: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+
+TOPIC = TopicSpec("score-responses", retention_ms=3600 * 1000)
+CODEC = Codec(ScoreResponse)
