@@ -1,0 +1,136 @@
+"""The Faust app factory and what every agent of one worker process shares.
+
+Agents read and write raw bytes and decode with the project's codecs themselves, so a record
+that does not validate becomes a ``dead-letters`` record with its reason instead of an
+exception inside Faust's deserialiser.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass, field
+
+import faust
+from prometheus_client import CollectorRegistry
+
+from prerank.settings import KafkaSettings, Settings
+from streams import dead_letters, impressions, item_catalog, model_versions, rank_scores
+from streams import score_requests, score_responses, training_samples, user_profiles
+from streams.base import Codec, Record
+from streams.dead_letters import DeadLetter
+from streams.exceptions import RecordError
+
+log = logging.getLogger(__name__)
+
+TOPIC_MODULES = {
+    "item_catalog": item_catalog,
+    "user_profiles": user_profiles,
+    "score_requests": score_requests,
+    "score_responses": score_responses,
+    "rank_scores": rank_scores,
+    "impressions": impressions,
+    "training_samples": training_samples,
+    "model_versions": model_versions,
+    "dead_letters": dead_letters,
+}
+
+
+def broker_credentials(kafka: KafkaSettings):
+    """Faust/aiokafka credentials from the same settings kafka-python uses."""
+    context = None
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+        if kafka.ssl_certfile:
+            context.load_cert_chain(str(kafka.ssl_certfile), str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None)
+    if kafka.sasl_mechanism:
+        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
+        return faust.SASLCredentials(
+            username=kafka.sasl_username, password=password, ssl_context=context,
+            mechanism=kafka.sasl_mechanism,
+        )
+    return context
+
+
+def create_faust_app(settings: Settings, app_id: str | None = None, web_port: int | None = None) -> faust.App:
+    worker = settings.worker
+    return faust.App(
+        app_id or worker.app_id,
+        broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(settings.kafka),
+        store=worker.store,
+        datadir=str(worker.data_dir),
+        web_host=worker.web_host,
+        web_port=web_port or worker.web_port,
+        web_in_thread=False,
+        topic_partitions=settings.topics.partitions,
+        topic_replication_factor=settings.topics.replication_factor,
+        # Short timeouts: a worker that dies hands its partitions over in seconds, not minutes.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=20.0,
+        consumer_auto_offset_reset="earliest",
+        producer_max_request_size=8 * 1024 * 1024,
+        stream_wait_empty=False,
+        topic_allow_declare=True,
+    )
+
+
+@dataclass
+class Runtime:
+    """One worker's Faust app, its raw topics, its metrics registry and the dead-letter path."""
+
+    settings: Settings
+    app: faust.App
+    registry: CollectorRegistry
+    topics: dict[str, faust.TopicT] = field(default_factory=dict)
+    dead_letter_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def topic(self, key: str) -> faust.TopicT:
+        return self.topics[key]
+
+    def topic_name(self, key: str) -> str:
+        return self.settings.topics.name(TOPIC_MODULES[key].TOPIC.name)
+
+    async def decode(self, codec: Codec, event, agent: str) -> Record | None:
+        """The event's record, or None after writing a dead letter with the reason."""
+        message = event.message
+        try:
+            return codec.decode(
+                event.value, topic=message.topic, partition=message.partition, offset=message.offset
+            )
+        except RecordError as error:
+            await self.dead_letter(error, event.key, event.value, agent)
+            return None
+
+    async def dead_letter(self, error: RecordError, key, value, agent: str) -> None:
+        letter = DeadLetter.from_error(error, _as_bytes(key), _as_bytes(value), agent=agent)
+        log.warning("dead letter from %s: %s", agent, error)
+        reason_class = error.reason.split(":", 1)[0][:60]
+        counter_key = (error.topic, reason_class)
+        self.dead_letter_counts[counter_key] = self.dead_letter_counts.get(counter_key, 0) + 1
+        await self.topics["dead_letters"].send(
+            key=error.topic.encode(), value=dead_letters.CODEC.encode(letter)
+        )
+
+
+def _as_bytes(value) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return str(value).encode()
+
+
+def create_runtime(
+    settings: Settings,
+    registry: CollectorRegistry | None = None,
+    app_id: str | None = None,
+    web_port: int | None = None,
+) -> Runtime:
+    app = create_faust_app(settings, app_id=app_id, web_port=web_port)
+    runtime = Runtime(settings=settings, app=app, registry=registry or CollectorRegistry())
+    for key, module in TOPIC_MODULES.items():
+        runtime.topics[key] = app.topic(
+            settings.topics.name(module.TOPIC.name),
+            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        )
+    return runtime

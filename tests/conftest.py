@@ -1,0 +1,47 @@
+"""Shared fixtures. Integration tests need the local stack; in CI a missing service is an error.
+
+``PRERANK_REQUIRE_SERVICES=1`` (set by ``.ci/run``) turns every "service not reachable" skip
+into a failure, so a broken stack can never pass as a green run.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from prerank.settings import Settings, load_settings
+from prerank.stack import port_open
+
+REQUIRE_SERVICES = os.environ.get("PRERANK_REQUIRE_SERVICES", "") in ("1", "true", "yes")
+
+
+def need_service(name: str, host: str, port: int) -> None:
+    if port_open(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port} (start it with `prerank stack up`)"
+    if REQUIRE_SERVICES:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture()
+def stack_settings(base_settings: Settings, tmp_path) -> Settings:
+    """Settings for one integration test: the running stack, fresh topic names, own folders."""
+    need_service("Kafka", base_settings.stack.host, base_settings.stack.kafka_port)
+    need_service("Redis", base_settings.stack.host, base_settings.stack.redis_port)
+    run = uuid.uuid4().hex[:8]
+    data = base_settings.model_dump()
+    data["topics"] = {**data["topics"], "prefix": f"t{run}.", "partitions": 2}
+    data["redis"] = {**data["redis"], "key_prefix": f"t{run}"}
+    data["worker"] = {
+        **data["worker"], "app_id": f"prerank-t{run}", "data_dir": tmp_path / "faust",
+        "checkpoint_dir": tmp_path / "checkpoints",
+    }
+    return Settings(**data)
