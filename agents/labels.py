@@ -1,0 +1,368 @@
+"""Cascade labels and the label join, as pure logic the Faust label joiner wraps.
+
+:func:`build_request_sample` turns one request (user snapshot at request time, candidates), the
+fine ranker's scores and the exposures with feedback into a :class:`~models.features.RequestSample`:
+
+- items: the fine-ranked items in rank order, then exposed items the fine ranker did not score,
+  then up to ``n_easy_negatives`` candidates it did not see (seeded by request id);
+- ``cascade``: 1 for the fine ranker's top-N (the N smallest ranks), 0 for everything else;
+- ``click`` / ``long_view`` / ``like``: the feedback (max over repeated exposures) where the item
+  was exposed, -1 elsewhere;
+- ``teacher_logits``: per objective the fine ranker reported, nan where it did not score.
+
+:class:`LabelJoin` holds each request's pending parts until its event-time window closes.
+The rule, stated once:
+
+- A request's window is ``[ts, ts + window_ms]``, ``ts`` the request time carried by its
+  rank-scores (until they arrive, the earliest impression time stands in). The watermark is the
+  largest event time seen; a window closes when the watermark passes its end.
+- On close: with rank-scores, the request is emitted exactly once, with the impressions gathered
+  so far (none is fine: cascade labels need no feedback; counted ``emitted_without_impressions``).
+  Without rank-scores, its impressions are orphans: dropped and counted ``orphan_impressions``.
+- Late: an event for a request already closed, or whose window would already be closed, is
+  dropped (``late_rank_scores`` / ``late_impressions``). Closed ids are remembered for
+  ``retention_ms`` of event time.
+- Duplicate: a second rank-scores for a pending request, or an impression with the same
+  ``(item_id, position, ts_ms)`` as one held, is dropped (``duplicate_*``).
+
+>>> from models.features import ItemFeatures, UserFeatures
+>>> ranked = [Ranked("a", 1, {"click": 0.5}), Ranked("b", 0, {"click": 2.0}), Ranked("c", 2, {"click": -1.0})]
+>>> shown = [Feedback("b", ts_ms=5, click=1, long_view=1)]
+>>> items = [ItemFeatures(i) for i in "abcdefg"]
+>>> sample = build_request_sample("r1", 0, UserFeatures("u"), items, ranked, shown,
+...                               LabelConfig(top_n=2, n_easy_negatives=2))
+>>> [i.item_id for i in sample.items][:3], sample.cascade, sample.click
+(['b', 'a', 'c'], (1, 1, 0, 0, 0), (1, -1, -1, -1, -1))
+>>> sample.teacher_logits["click"][:3], sample.has_teacher()[3:]
+((2.0, 0.5, -1.0), (False, False))
+"""
+
+from __future__ import annotations
+
+import heapq
+import zlib
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+import numpy as np
+
+from models.features import ItemFeatures, RequestSample, UserFeatures
+
+FEEDBACK = ("click", "long_view", "like")
+
+
+class RankedLike(Protocol):
+    """What a fine-ranked item must provide (``streams.rank_scores.RankedItem`` does)."""
+
+    item_id: str
+    rank: int
+    logits: Mapping[str, float]
+
+
+class ImpressionLike(Protocol):
+    """What an impression must provide (``streams.impressions.Impression`` does)."""
+
+    item_id: str
+    ts_ms: int
+    position: int
+    click: int
+    long_view: int
+    like: int
+    play_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """One item the fine ranker scored: its rank (0 = best) and a logit per objective."""
+
+    item_id: str
+    rank: int
+    logits: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, item: RankedLike) -> Ranked:
+        return cls(str(item.item_id), int(item.rank), dict(item.logits))
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """One exposure of an item within a request, with the user's feedback."""
+
+    item_id: str
+    ts_ms: int
+    position: int = 0
+    click: int = 0
+    long_view: int = 0
+    like: int = 0
+    play_ms: int = 0
+
+    @classmethod
+    def of(cls, impression: ImpressionLike) -> Feedback:
+        return cls(
+            str(impression.item_id), int(impression.ts_ms), int(impression.position),
+            int(impression.click), int(impression.long_view), int(impression.like), int(impression.play_ms),
+        )  # fmt: skip
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.item_id, self.position, self.ts_ms)
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """``top_n``: how many of the fine ranker's best items are cascade positives."""
+
+    top_n: int = 10
+    n_easy_negatives: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.top_n < 1:
+            raise ValueError(f"top_n must be >= 1, got {self.top_n}")
+        if self.n_easy_negatives < 0:
+            raise ValueError(f"n_easy_negatives must be >= 0, got {self.n_easy_negatives}")
+
+
+def request_rng(seed: int, request_id: str) -> np.random.Generator:
+    """A generator that depends only on ``seed`` and the request id (replays are reproducible)."""
+    return np.random.default_rng((seed, zlib.crc32(request_id.encode())))
+
+
+def build_request_sample(
+    request_id: str,
+    ts_ms: int,
+    user: UserFeatures,
+    candidates: Sequence[ItemFeatures],
+    ranked: Iterable[RankedLike],
+    impressions: Iterable[ImpressionLike],
+    config: LabelConfig = LabelConfig(),
+) -> RequestSample:
+    """One request's training sample (see the module docstring for the rules).
+
+    ``candidates`` supplies item features; a ranked or exposed item missing from it gets a
+    bare :class:`~models.features.ItemFeatures`. Repeated ranked items keep their first entry.
+    """
+    features = {item.item_id: item for item in candidates}
+    order: dict[str, int] = {}
+    ranked_by_id: dict[str, RankedLike] = {}
+    for position, item in enumerate(ranked):
+        if item.item_id not in ranked_by_id:
+            ranked_by_id[item.item_id] = item
+            order[item.item_id] = position
+    ranked_ids = sorted(ranked_by_id, key=lambda i: (ranked_by_id[i].rank, order[i]))
+    top = set(ranked_ids[: config.top_n])
+
+    feedback: dict[str, list[int]] = {}
+    for impression in sorted(impressions, key=lambda f: (f.ts_ms, f.position)):
+        seen = feedback.setdefault(impression.item_id, [0, 0, 0])
+        for k, name in enumerate(FEEDBACK):
+            seen[k] = max(seen[k], int(getattr(impression, name)))
+    unranked_exposed = [i for i in feedback if i not in ranked_by_id]
+
+    pool = [c.item_id for c in candidates if c.item_id not in ranked_by_id and c.item_id not in feedback]
+    pool = list(dict.fromkeys(pool))
+    n_easy = min(config.n_easy_negatives, len(pool))
+    picks = np.sort(request_rng(config.seed, request_id).choice(len(pool), n_easy, replace=False)) if n_easy else ()
+    item_ids = ranked_ids + unranked_exposed + [pool[i] for i in picks]
+
+    objectives = sorted({o for item in ranked_by_id.values() for o in item.logits})
+    nan = float("nan")
+    teacher = {
+        o: tuple(
+            float(ranked_by_id[i].logits.get(o, nan)) if i in ranked_by_id else nan for i in item_ids
+        )
+        for o in objectives
+    }
+    labels = [feedback.get(i, (-1, -1, -1)) for i in item_ids]
+    return RequestSample(
+        request_id=request_id,
+        ts_ms=ts_ms,
+        user=user,
+        items=tuple(features.get(i) or ItemFeatures(i) for i in item_ids),
+        cascade=tuple(int(i in top) for i in item_ids),
+        click=tuple(lab[0] for lab in labels),
+        long_view=tuple(lab[1] for lab in labels),
+        like=tuple(lab[2] for lab in labels),
+        teacher_logits=MappingProxyType(teacher),
+    )
+
+
+@dataclass(frozen=True)
+class JoinConfig:
+    """Event-time window of a request and how long closed request ids are remembered."""
+
+    window_ms: int = 10 * 60_000
+    retention_ms: int = 60 * 60_000
+
+    def __post_init__(self) -> None:
+        if self.window_ms < 0 or self.retention_ms < 0:
+            raise ValueError(f"window_ms and retention_ms must be >= 0, got {self.window_ms}, {self.retention_ms}")
+
+
+@dataclass
+class PendingRequest:
+    """The parts of one request gathered so far; JSON-able through :meth:`to_dict`."""
+
+    request_id: str
+    user_id: str
+    ts_ms: int
+    ranked: tuple[Ranked, ...] | None = None
+    candidates: tuple[str, ...] = ()
+    impressions: list[Feedback] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "request_id": self.request_id,
+            "user_id": self.user_id,
+            "ts_ms": self.ts_ms,
+            "ranked": None
+            if self.ranked is None
+            else [[r.item_id, r.rank, dict(r.logits)] for r in self.ranked],
+            "candidates": list(self.candidates),
+            "impressions": [
+                [f.item_id, f.ts_ms, f.position, f.click, f.long_view, f.like, f.play_ms] for f in self.impressions
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping) -> PendingRequest:
+        ranked = state["ranked"]
+        return cls(
+            request_id=state["request_id"],
+            user_id=state["user_id"],
+            ts_ms=int(state["ts_ms"]),
+            ranked=None if ranked is None else tuple(Ranked(i, int(r), dict(lg)) for i, r, lg in ranked),
+            candidates=tuple(state["candidates"]),
+            impressions=[Feedback(*f) for f in state["impressions"]],
+        )
+
+
+class LabelJoin:
+    """Joins rank-scores and impressions by request id inside an event-time window.
+
+    ``pending`` (request id -> :meth:`PendingRequest.to_dict`) and ``closed`` (request id ->
+    watermark at close) may be any mutable mappings, e.g. Faust tables; plain dicts by default.
+    Every ``add_*`` returns the requests whose windows that event closed, oldest deadline first.
+
+    >>> join = LabelJoin(JoinConfig(window_ms=100))
+    >>> join.add_impression("r1", "u", Feedback("a", ts_ms=10, click=1))
+    []
+    >>> join.add_rank_scores("r1", "u", 5, [Ranked("a", 0, {"click": 1.0})])
+    []
+    >>> [p.request_id for p in join.add_impression("r2", "u", Feedback("b", ts_ms=200))]
+    ['r1']
+    >>> join.add_impression("r1", "u", Feedback("a", ts_ms=12)), join.counters["late_impressions"]
+    ([], 1)
+    >>> join.flush(), join.counters["orphan_impressions"]
+    ([], 1)
+    """
+
+    def __init__(
+        self,
+        config: JoinConfig = JoinConfig(),
+        pending: MutableMapping[str, dict] | None = None,
+        closed: MutableMapping[str, int] | None = None,
+    ) -> None:
+        self.config = config
+        self.pending: MutableMapping[str, dict] = {} if pending is None else pending
+        self.closed: MutableMapping[str, int] = {} if closed is None else closed
+        self.counters: Counter[str] = Counter()
+        self.watermark_ms = max((int(p["ts_ms"]) for p in self.pending.values()), default=0)
+        self._deadlines = [(int(p["ts_ms"]) + config.window_ms, rid) for rid, p in self.pending.items()]
+        heapq.heapify(self._deadlines)
+        # Close times are watermarks, which never decrease: a FIFO is enough to expire them.
+        self._closed_order = deque(sorted(self.closed, key=self.closed.__getitem__))
+
+    def _is_late(self, request_id: str, ts_ms: int) -> bool:
+        return request_id in self.closed or (
+            request_id not in self.pending and ts_ms + self.config.window_ms < self.watermark_ms
+        )
+
+    def add_rank_scores(
+        self,
+        request_id: str,
+        user_id: str,
+        ts_ms: int,
+        ranked: Iterable[RankedLike],
+        candidates: Sequence[str] = (),
+    ) -> list[PendingRequest]:
+        """The fine ranker's scores of a request (``candidates``: ids of its whole candidate set)."""
+        if self._is_late(request_id, ts_ms):
+            self.counters["late_rank_scores"] += 1
+            return self._advance(ts_ms)
+        state = self.pending.get(request_id)
+        part = PendingRequest.from_dict(state) if state else PendingRequest(request_id, user_id, ts_ms)
+        if part.ranked is not None:
+            self.counters["duplicate_rank_scores"] += 1
+            return self._advance(ts_ms)
+        part.ranked = tuple(Ranked.of(r) for r in ranked)
+        part.candidates = tuple(candidates)
+        part.ts_ms = ts_ms
+        self._store(part)
+        self.counters["rank_scores"] += 1
+        return self._advance(ts_ms)
+
+    def add_impression(self, request_id: str, user_id: str, impression: ImpressionLike) -> list[PendingRequest]:
+        """One exposure of a request, in any order relative to its rank-scores."""
+        feedback = Feedback.of(impression)
+        if self._is_late(request_id, feedback.ts_ms):
+            self.counters["late_impressions"] += 1
+            return self._advance(feedback.ts_ms)
+        state = self.pending.get(request_id)
+        part = PendingRequest.from_dict(state) if state else PendingRequest(request_id, user_id, feedback.ts_ms)
+        if any(f.key == feedback.key for f in part.impressions):
+            self.counters["duplicate_impressions"] += 1
+            return self._advance(feedback.ts_ms)
+        part.impressions.append(feedback)
+        if part.ranked is None:
+            part.ts_ms = min(part.ts_ms, feedback.ts_ms)
+        self._store(part)
+        self.counters["impressions"] += 1
+        return self._advance(feedback.ts_ms)
+
+    def _store(self, part: PendingRequest) -> None:
+        self.pending[part.request_id] = part.to_dict()
+        heapq.heappush(self._deadlines, (part.ts_ms + self.config.window_ms, part.request_id))
+
+    def _advance(self, event_ts_ms: int) -> list[PendingRequest]:
+        return self.advance(max(self.watermark_ms, event_ts_ms))
+
+    def advance(self, watermark_ms: int) -> list[PendingRequest]:
+        """Move the watermark (never back) and close every window that ends before it."""
+        self.watermark_ms = max(self.watermark_ms, watermark_ms)
+        ready: list[PendingRequest] = []
+        while self._deadlines and self._deadlines[0][0] < self.watermark_ms:
+            deadline, request_id = heapq.heappop(self._deadlines)
+            state = self.pending.get(request_id)
+            if state is None or int(state["ts_ms"]) + self.config.window_ms != deadline:
+                continue  # a stale heap entry: the request was closed or its ts moved
+            self._close(PendingRequest.from_dict(state), ready)
+        horizon = self.watermark_ms - self.config.retention_ms
+        while self._closed_order and self.closed.get(self._closed_order[0], horizon - 1) < horizon:
+            self.closed.pop(self._closed_order.popleft(), None)
+        return ready
+
+    def flush(self) -> list[PendingRequest]:
+        """Close every pending window now (end of a replay or shutdown)."""
+        ready: list[PendingRequest] = []
+        for request_id in sorted(self.pending, key=lambda r: int(self.pending[r]["ts_ms"])):
+            self._close(PendingRequest.from_dict(self.pending[request_id]), ready)
+        self._deadlines.clear()
+        return ready
+
+    def _close(self, part: PendingRequest, ready: list[PendingRequest]) -> None:
+        del self.pending[part.request_id]
+        self.closed[part.request_id] = self.watermark_ms
+        self._closed_order.append(part.request_id)
+        if part.ranked is None:
+            self.counters["orphan_requests"] += 1
+            self.counters["orphan_impressions"] += len(part.impressions)
+            return
+        self.counters["emitted"] += 1
+        if not part.impressions:
+            self.counters["emitted_without_impressions"] += 1
+        ready.append(part)
+
