@@ -1,0 +1,345 @@
+"""Every Prometheus metric of the pre-ranking system, created in one place.
+
+Names start with ``prerank_`` and carry their unit (``_seconds``, ``_ratio``, ``_total``,
+``_messages``); histograms have explicit buckets (:mod:`monitoring.buckets`); the registry is
+passed in, so tests use a fresh :class:`~prometheus_client.CollectorRegistry` and workers use
+:func:`metrics_from_default_registry`. Label values come from closed sets (constants below) so
+the number of series stays bounded; their children are created up front, so every series
+exists (at zero) from the first scrape and ``rate()`` sees the first increment.
+
+Which agent updates which metric
+--------------------------------
+=========  ==================================================================================
+agent      metrics (attribute names; the exposed name is ``prerank_`` + attribute)
+=========  ==================================================================================
+scorer     ``scorer_latency_seconds``, ``scorer_candidates``, ``scorer_item_vectors_total``
+           {tier}, ``scorer_requests_total``, ``scorer_errors_total`` {reason},
+           ``model_version`` and ``model_version_age_seconds`` {agent="scorer"}
+trainer    ``trainer_samples_total`` {mode}, ``trainer_loss`` {mode}, ``trainer_batch_seconds``,
+           ``trainer_progressive_auc_ratio`` {label}, ``embedding_rows``,
+           ``embedding_zero_rows_ratio``, ``embedding_admissions_total``,
+           ``embedding_evictions_total`` {table}, ``model_version`` {agent="trainer"}
+publisher  ``publish_duration_seconds``, ``published_items_total``,
+           ``published_versions_total``, ``publish_deleted_items_total``, ``freshness_seconds``,
+           ``model_version`` and ``model_version_age_seconds`` {agent="publisher"}
+joiner     ``joiner_records_total``, ``joiner_events_total`` {event},
+           ``consistency_recall_ratio`` {k} (fine ranker's top-N inside the pre-ranker's top-K)
+every one  ``dead_letters_total`` {topic, reason}, ``consumer_lag_messages``
+           {agent, topic, partition} (see :mod:`monitoring.lag`)
+=========  ==================================================================================
+
+Faust's own sensor adds ``prerank_faust_*`` metrics to the same registry
+(:func:`monitoring.faust_sensor.enable_faust_sensor`); each worker serves the registry on
+``/metrics`` (:func:`monitoring.server.serve_metrics`).
+
+Examples
+--------
+>>> from prometheus_client import CollectorRegistry
+>>> registry = CollectorRegistry()
+>>> metrics = PrerankMetrics(registry)
+>>> metrics.scorer_latency_seconds.observe(0.0012)
+>>> metrics.scorer_item_vectors_total.labels(tier="local").inc(990)
+>>> registry.get_sample_value("prerank_scorer_item_vectors_total", {"tier": "local"})
+990.0
+>>> registry.get_sample_value("prerank_scorer_item_vectors_total", {"tier": "redis"})
+0.0
+>>> registry.get_sample_value("prerank_scorer_latency_seconds_bucket", {"le": "0.0015"})
+1.0
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from monitoring import buckets
+from monitoring.exceptions import UnknownLabelValueError
+
+AGENTS = ("joiner", "history", "trainer", "publisher", "scorer")
+CACHE_TIERS = ("local", "redis", "computed")
+FEEDBACK_LABELS = ("click", "long_view")
+RECALL_AT_K = (50, 100, 200)
+JOIN_EVENTS = ("late", "orphan", "duplicate")
+LOSS_MODES = ("cascade", "distill", "impressions")
+SCORER_ERROR_REASONS = ("invalid_request", "too_many_candidates", "no_model", "internal")
+
+
+def _check(label: str, value: str, allowed: tuple) -> str:
+    if value not in allowed:
+        raise UnknownLabelValueError(f"{label}={value!r} is not one of {allowed}")
+    return value
+
+
+class PrerankMetrics:
+    """Every metric of the system, registered on ``registry``.
+
+    Parameters
+    ----------
+    registry
+        Where the metrics are registered. Two instances on one registry collide
+        (``ValueError: Duplicated timeseries``), as they would in one process.
+    clock
+        Wall-clock seconds, used for model-version age; injectable for tests.
+    """
+
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.time) -> None:
+        if not isinstance(registry, CollectorRegistry):
+            raise TypeError(f"registry must be a CollectorRegistry, got {type(registry).__name__}")
+        self.registry = registry
+        self._clock = clock
+        self._create_serving(registry)
+        self._create_training(registry)
+        self._create_embeddings(registry)
+        self._create_publishing(registry)
+        self._create_streaming(registry)
+        self._create_children()
+
+    def _create_serving(self, registry: CollectorRegistry) -> None:
+        self.scorer_latency_seconds = Histogram(
+            "prerank_scorer_latency_seconds",
+            "Time to score one request in the scorer (user tower, item vectors, cosine, top-k).",
+            registry=registry, buckets=buckets.SCORER_LATENCY_SECONDS,
+        )
+        self.scorer_candidates = Histogram(
+            "prerank_scorer_candidates",
+            "Candidate items per score request.",
+            registry=registry, buckets=buckets.CANDIDATES_PER_REQUEST,
+        )
+        self.scorer_item_vectors_total = Counter(
+            "prerank_scorer_item_vectors_total",
+            "Item vectors used by the scorer, by the cache tier that supplied them "
+            "(local LRU hit, Redis hit, or computed by the item tower on a miss).",
+            ["tier"], registry=registry,
+        )
+        self.scorer_requests_total = Counter(
+            "prerank_scorer_requests_total", "Score requests handled (answered or failed).",
+            registry=registry,
+        )
+        self.scorer_errors_total = Counter(
+            "prerank_scorer_errors_total", "Score requests that failed, by reason.",
+            ["reason"], registry=registry,
+        )
+
+    def _create_training(self, registry: CollectorRegistry) -> None:
+        self.trainer_samples_total = Counter(
+            "prerank_trainer_samples_total", "Training samples (request x item) learned, by loss mode.",
+            ["mode"], registry=registry,
+        )
+        self.trainer_loss = Gauge(
+            "prerank_trainer_loss", "Mean loss of the last micro-batch, by loss mode.",
+            ["mode"], registry=registry,
+        )
+        self.trainer_batch_seconds = Histogram(
+            "prerank_trainer_batch_seconds", "Time to learn one micro-batch.",
+            registry=registry, buckets=buckets.TRAINER_BATCH_SECONDS,
+        )
+        self.trainer_progressive_auc_ratio = Gauge(
+            "prerank_trainer_progressive_auc_ratio",
+            "Progressive (score before learn) AUC of the student over a recent window, by label.",
+            ["label"], registry=registry,
+        )
+        self.consistency_recall_ratio = Gauge(
+            "prerank_consistency_recall_ratio",
+            "Recall of the fine ranker's top-N inside the pre-ranker's top-K, over a recent window.",
+            ["k"], registry=registry,
+        )
+
+    def _create_embeddings(self, registry: CollectorRegistry) -> None:
+        self.embedding_rows = Gauge(
+            "prerank_embedding_rows", "Rows currently admitted in a dynamic embedding table.",
+            ["table"], registry=registry,
+        )
+        self.embedding_zero_rows_ratio = Gauge(
+            "prerank_embedding_zero_rows_ratio",
+            "Fraction of admitted rows whose FTRL weights are all exactly zero.",
+            ["table"], registry=registry,
+        )
+        self.embedding_admissions_total = Counter(
+            "prerank_embedding_admissions_total", "Ids given their own row after min_count sightings.",
+            ["table"], registry=registry,
+        )
+        self.embedding_evictions_total = Counter(
+            "prerank_embedding_evictions_total", "Rows evicted after their TTL without updates.",
+            ["table"], registry=registry,
+        )
+
+    def _create_publishing(self, registry: CollectorRegistry) -> None:
+        self.model_version = Gauge(
+            "prerank_model_version", "Model version an agent holds (trainer: last checkpoint, "
+            "publisher: last published, scorer: currently served).",
+            ["agent"], registry=registry,
+        )
+        self.model_version_age_seconds = Gauge(
+            "prerank_model_version_age_seconds",
+            "Seconds since the agent's model version was created, computed at scrape time.",
+            ["agent"], registry=registry,
+        )
+        self.publish_duration_seconds = Histogram(
+            "prerank_publish_duration_seconds",
+            "Time to publish one version (item vectors, dense weights, flip of current).",
+            registry=registry, buckets=buckets.PUBLISH_SECONDS,
+        )
+        self.published_items_total = Counter(
+            "prerank_published_items_total", "Item vectors written to Redis.", registry=registry,
+        )
+        self.published_versions_total = Counter(
+            "prerank_published_versions_total", "Model versions made current.", registry=registry,
+        )
+        self.publish_deleted_items_total = Counter(
+            "prerank_publish_deleted_items_total",
+            "Item vectors deleted (evicted or pruned items), so none is served stale.",
+            registry=registry,
+        )
+        self.freshness_seconds = Histogram(
+            "prerank_freshness_seconds",
+            "From an impression's arrival to a model version reflecting it being readable in Redis.",
+            registry=registry, buckets=buckets.FRESHNESS_SECONDS,
+        )
+
+    def _create_streaming(self, registry: CollectorRegistry) -> None:
+        self.joiner_records_total = Counter(
+            "prerank_joiner_records_total", "Training records (one per request) emitted by the joiner.",
+            registry=registry,
+        )
+        self.joiner_events_total = Counter(
+            "prerank_joiner_events_total",
+            "Events the joiner could not join normally: late (after the window), orphan "
+            "(no matching request), duplicate (seen before).",
+            ["event"], registry=registry,
+        )
+        self.dead_letters_total = Counter(
+            "prerank_dead_letters_total", "Records sent to the dead-letter topic, by source topic "
+            "and reason.", ["topic", "reason"], registry=registry,
+        )
+        self.consumer_lag_messages = Gauge(
+            "prerank_consumer_lag_messages",
+            "Messages between a partition's end offset and the agent's committed offset.",
+            ["agent", "topic", "partition"], registry=registry,
+        )
+
+    def _create_children(self) -> None:
+        for tier in CACHE_TIERS:
+            self.scorer_item_vectors_total.labels(tier=tier)
+        for reason in SCORER_ERROR_REASONS:
+            self.scorer_errors_total.labels(reason=reason)
+        for mode in LOSS_MODES:
+            self.trainer_samples_total.labels(mode=mode)
+        for event in JOIN_EVENTS:
+            self.joiner_events_total.labels(event=event)
+
+    # Helpers where a metric needs more than one call, or a checked label.
+
+    def observe_item_vectors(self, local: int, redis: int, computed: int) -> None:
+        """Count one request's item vectors by the tier that supplied them.
+
+        >>> from prometheus_client import CollectorRegistry
+        >>> metrics = PrerankMetrics(CollectorRegistry())
+        >>> metrics.observe_item_vectors(local=900, redis=80, computed=20)
+        >>> metrics.registry.get_sample_value("prerank_scorer_item_vectors_total", {"tier": "computed"})
+        20.0
+        """
+        for tier, count in (("local", local), ("redis", redis), ("computed", computed)):
+            if count < 0:
+                raise ValueError(f"{tier} count must be >= 0, got {count}")
+            self.scorer_item_vectors_total.labels(tier=tier).inc(count)
+
+    def set_progressive_auc(self, label: str, auc: float) -> None:
+        """Record the student's progressive AUC for ``label`` (click or long_view)."""
+        if not 0.0 <= auc <= 1.0:
+            raise ValueError(f"AUC must lie in [0, 1], got {auc}")
+        self.trainer_progressive_auc_ratio.labels(label=_check("label", label, FEEDBACK_LABELS)).set(auc)
+
+    def set_consistency_recall(self, k: int, recall: float) -> None:
+        """Record recall of the fine ranker's top-N inside the pre-ranker's top-``k``.
+
+        >>> from prometheus_client import CollectorRegistry
+        >>> metrics = PrerankMetrics(CollectorRegistry())
+        >>> metrics.set_consistency_recall(100, 0.8)
+        >>> metrics.registry.get_sample_value("prerank_consistency_recall_ratio", {"k": "100"})
+        0.8
+        >>> metrics.set_consistency_recall(7, 0.8)
+        Traceback (most recent call last):
+        ...
+        monitoring.exceptions.UnknownLabelValueError: k=7 is not one of (50, 100, 200)
+        """
+        if not 0.0 <= recall <= 1.0:
+            raise ValueError(f"recall must lie in [0, 1], got {recall}")
+        self.consistency_recall_ratio.labels(k=str(_check("k", k, RECALL_AT_K))).set(recall)
+
+    def count_join_event(self, event: str, amount: int = 1) -> None:
+        """Count late, orphan or duplicate events seen by the joiner."""
+        self.joiner_events_total.labels(event=_check("event", event, JOIN_EVENTS)).inc(amount)
+
+    def set_model_version(self, agent: str, version: int, created_at_s: float) -> None:
+        """Record the model version ``agent`` holds; its age is computed at every scrape.
+
+        Parameters
+        ----------
+        agent
+            One of :data:`AGENTS`.
+        version
+            The integer version of the ``model-versions`` topic.
+        created_at_s
+            Wall-clock creation time of the version, in seconds since the epoch.
+
+        >>> from prometheus_client import CollectorRegistry
+        >>> now = [1000.0]
+        >>> metrics = PrerankMetrics(CollectorRegistry(), clock=lambda: now[0])
+        >>> metrics.set_model_version("scorer", 7, created_at_s=990.0)
+        >>> metrics.registry.get_sample_value("prerank_model_version_age_seconds", {"agent": "scorer"})
+        10.0
+        >>> now[0] = 1030.0
+        >>> metrics.registry.get_sample_value("prerank_model_version_age_seconds", {"agent": "scorer"})
+        40.0
+        """
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise TypeError(f"version must be an int, got {type(version).__name__}")
+        _check("agent", agent, AGENTS)
+        self.model_version.labels(agent=agent).set(version)
+        clock = self._clock
+        self.model_version_age_seconds.labels(agent=agent).set_function(
+            lambda: max(clock() - created_at_s, 0.0)
+        )
+
+
+@functools.cache
+def metrics_from_default_registry() -> PrerankMetrics:
+    """The process-wide metrics of a worker, on prometheus_client's default registry.
+
+    Cached, because a metric name can be registered only once on a registry.
+    """
+    return PrerankMetrics(REGISTRY)
+
+
+_SAMPLE_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "info": ("_info",),
+}
+
+
+def exposed_sample_names(registry: CollectorRegistry | PrerankMetrics) -> frozenset[str]:
+    """Every sample name ``registry`` can expose, whether or not a labelled child exists yet.
+
+    This is the set a PromQL query may name (``..._bucket`` of a histogram, ``..._total``
+    of a counter).
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> names = exposed_sample_names(PrerankMetrics(CollectorRegistry()))
+    >>> "prerank_dead_letters_total" in names and "prerank_freshness_seconds_bucket" in names
+    True
+    >>> "prerank_freshness_seconds" in names
+    False
+    """
+    if isinstance(registry, PrerankMetrics):
+        registry = registry.registry
+    names = set()
+    for family in registry.collect():
+        names.update(family.name + suffix for suffix in _SAMPLE_SUFFIXES.get(family.type, ("",)))
+        names.update(sample.name for sample in family.samples)
+    return frozenset(names)
