@@ -120,9 +120,10 @@ ROWS = (
         Panel("Publish duration", "s", (
             Query(_quantile(0.95, "prerank_publish_duration_seconds"), "p95"),
         )),
-        Panel("Items published", "short", (
+        Panel("Items and versions published", "short", (
             Query(f"sum(rate(prerank_published_items_total{_RATE}))", "written /s"),
             Query(f"sum(rate(prerank_publish_deleted_items_total{_RATE}))", "deleted /s"),
+            Query(f"sum(rate(prerank_published_versions_total{_RATE}))", "versions /s"),
         )),
     )),
     Row("Health", (
