@@ -15,7 +15,8 @@ The rule, stated once:
 
 - A request's window is ``[ts, ts + window_ms]``, ``ts`` the request time carried by its
   rank-scores (until they arrive, the earliest impression time stands in). The watermark is the
-  largest event time seen; a window closes when the watermark passes its end.
+  largest event time seen; a window closes when the watermark passes its end. An event joins its
+  pending request first and only then moves the watermark.
 - On close: with rank-scores, the request is emitted exactly once, with the impressions gathered
   so far (none is fine: cascade labels need no feedback; counted ``emitted_without_impressions``).
   Without rank-scores, its impressions are orphans: dropped and counted ``orphan_impressions``.
@@ -245,6 +246,7 @@ class LabelJoin:
 
     ``pending`` (request id -> :meth:`PendingRequest.to_dict`) and ``closed`` (request id ->
     watermark at close) may be any mutable mappings, e.g. Faust tables; plain dicts by default.
+    To resume exactly after a restart, pass them back with the last ``watermark_ms``.
     Every ``add_*`` returns the requests whose windows that event closed, oldest deadline first.
 
     >>> join = LabelJoin(JoinConfig(window_ms=100))
@@ -265,12 +267,15 @@ class LabelJoin:
         config: JoinConfig = JoinConfig(),
         pending: MutableMapping[str, dict] | None = None,
         closed: MutableMapping[str, int] | None = None,
+        watermark_ms: int | None = None,
     ) -> None:
         self.config = config
         self.pending: MutableMapping[str, dict] = {} if pending is None else pending
         self.closed: MutableMapping[str, int] = {} if closed is None else closed
         self.counters: Counter[str] = Counter()
-        self.watermark_ms = max((int(p["ts_ms"]) for p in self.pending.values()), default=0)
+        if watermark_ms is None:
+            watermark_ms = max((int(p["ts_ms"]) for p in self.pending.values()), default=0)
+        self.watermark_ms = watermark_ms
         self._deadlines = [(int(p["ts_ms"]) + config.window_ms, rid) for rid, p in self.pending.items()]
         heapq.heapify(self._deadlines)
         # Close times are watermarks, which never decrease: a FIFO is enough to expire them.
