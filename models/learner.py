@@ -1,0 +1,259 @@
+"""The student's trainer: module + FTRL (embedding rows) + AdaGrad (dense) + loss mode.
+
+:class:`StudentLearner` implements :class:`~models.protocol.Ranker`. One ``learn_many`` call:
+
+1. flattens the requests into (request, item) pairs and de-duplicates items by id;
+2. runs the user tower once per request and the item tower once per unique item
+   (admitting ids, touching rows), broadcasts to pairs and computes the logits;
+3. computes the loss of the mode (:class:`~models.losses.StudentObjective`), back-propagates,
+   steps AdaGrad on dense parameters and FTRL on the touched embedding rows;
+4. advances ``step``, evicts rows untouched for the TTL (event time = largest ``ts_ms`` seen).
+
+>>> from models.synthetic import SyntheticRequests
+>>> samples = SyntheticRequests(seed=1).batch(4)
+>>> learner = StudentLearner(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=8, min_count=1))
+>>> metrics = learner.learn_many(samples)
+>>> learner.step, metrics["loss"] > 0
+(1, True)
+>>> learner.score(samples[0].user, samples[0].items).shape == (samples[0].n_items,)
+True
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from models.checkpoint import dumps, schedule_from_dict, schedule_to_dict, tables_from_tensors, tables_to_tensors
+from models.exceptions import ExportError
+from models.features import ItemFeatures, RequestSample, UserFeatures
+from models.ftrl import FTRLConfig, FTRLProximal
+from models.losses import PairLabels, StudentObjective, combine
+from models.sparse import SparseLookup
+from models.two_tower import TwoTowerConfig, TwoTowerStudent
+
+CHECKPOINT_FORMAT = "prerank.student_learner/1"
+
+
+class JointTeacher(Protocol):
+    """A local teacher trained in the same step (see :mod:`models.teacher`)."""
+
+    def learn_many_with_logits(
+        self, samples: Sequence[RequestSample]
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]: ...
+
+
+def flatten_pairs(samples: Sequence[RequestSample]) -> tuple[list[ItemFeatures], torch.Tensor, torch.Tensor]:
+    """Unique items (first occurrence wins) and, per pair, its request and unique-item index."""
+    position: dict[str, int] = {}
+    unique_items: list[ItemFeatures] = []
+    request_index: list[int] = []
+    item_index: list[int] = []
+    for r, sample in enumerate(samples):
+        for item in sample.items:
+            index = position.get(item.item_id)
+            if index is None:
+                index = position[item.item_id] = len(unique_items)
+                unique_items.append(item)
+            item_index.append(index)
+        request_index.extend([r] * sample.n_items)
+    return unique_items, torch.tensor(request_index), torch.tensor(item_index)
+
+
+class StudentLearner:
+    """Trainer-side owner of a :class:`TwoTowerStudent`.
+
+    Parameters
+    ----------
+    config
+        Student sizes and embedding-table policy.
+    objective
+        Loss mode and its weights / lambda schedule.
+    ftrl
+        FTRL-Proximal hyperparameters for the embedding rows.
+    dense_lr
+        AdaGrad learning rate of the dense parameters.
+    teacher
+        Optional local teacher trained jointly in ``distill`` mode: its pre-update logits are the
+        distillation targets and its loss is added to the reported ``loss``.
+    """
+
+    def __init__(
+        self,
+        config: TwoTowerConfig = TwoTowerConfig(),
+        objective: StudentObjective | None = None,
+        ftrl: FTRLConfig = FTRLConfig(),
+        dense_lr: float = 0.01,
+        teacher: JointTeacher | None = None,
+    ) -> None:
+        self.config = config
+        self.objective = objective if objective is not None else StudentObjective()
+        self.ftrl = FTRLProximal(ftrl)
+        self.dense_lr = dense_lr
+        self.teacher = teacher
+        self.student = TwoTowerStudent(config)
+        self.dense_optimizer = torch.optim.Adagrad(self.student.parameters(), lr=dense_lr)
+        self.step = 0
+        self.clock_ms = 0
+        self._evicted_item_ids: list[str] = []
+
+    # ------------------------------------------------------------------ learning
+    def learn_many(self, samples: Sequence[RequestSample]) -> dict[str, float]:
+        """One training step on a micro-batch of requests; returns the loss and its parts."""
+        samples = [s for s in samples if s.n_items > 0]
+        if not samples:
+            return {"loss": 0.0, "n_pairs": 0.0}
+        self.clock_ms = max(self.clock_ms, max(int(s.ts_ms) for s in samples))
+        teacher_metrics: dict[str, float] = {}
+        teacher_logit = None
+        if self.teacher is not None and self.objective.mode == "distill":
+            teacher_metrics, by_objective = self.teacher.learn_many_with_logits(samples)
+            teacher_logit = torch.from_numpy(combine(by_objective, self.objective.teacher_weights))
+
+        unique_items, request_index, item_index = flatten_pairs(samples)
+        lookup = SparseLookup(self.student.tables, now=self.clock_ms, learn=True)
+        user_vectors = self.student.encode_users([s.user for s in samples], lookup)
+        item_vectors = self.student.encode_items(unique_items, lookup)
+        logits = self.student.pair_logits(user_vectors[request_index], item_vectors[item_index])
+        labels = PairLabels.from_samples(samples)
+        loss, metrics = self.objective(logits, labels, self.step, teacher_logit)
+
+        self.dense_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.dense_optimizer.step()
+        # The loss is a mean over pairs; FTRL gets the summed per-pair gradients (as in
+        # McMahan et al.), so l1/l2 are in per-example units whatever the batch size.
+        n_pairs = float(len(item_index))
+        for name, (rows, grads) in lookup.row_grads().items():
+            self.ftrl.step(self.student.tables[name], rows, grads * n_pairs)
+        self.step += 1
+        for name, table in self.student.tables.items():
+            table.evict_expired(self.clock_ms)
+        self._evicted_item_ids.extend(self.student.tables["item"].drain_evicted_ids())
+        for name, table in self.student.tables.items():
+            if name != "item":
+                table.drain_evicted_ids()
+
+        metrics["n_pairs"] = n_pairs
+        if teacher_metrics:
+            metrics["teacher_loss"] = teacher_metrics["loss"]
+            metrics["loss"] += teacher_metrics["loss"]
+        return metrics
+
+    # ------------------------------------------------------------------ scoring
+    def user_vector(self, user: UserFeatures) -> np.ndarray:
+        return self.student.user_vector(user)
+
+    def item_vectors(self, items: Sequence[ItemFeatures]) -> np.ndarray:
+        return self.student.item_vectors(items)
+
+    def logits_from_vectors(self, user_vector: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
+        return self.student.logits_from_vectors(user_vector, item_vectors)
+
+    def score(self, user: UserFeatures, items: Sequence[ItemFeatures]) -> np.ndarray:
+        return self.student.score(user, items)
+
+    def zero_row_ratio(self) -> float:
+        return self.student.zero_row_ratio()
+
+    def drain_evicted_item_ids(self) -> list[str]:
+        """Item ids whose rows were evicted since the last call (their cached vectors are stale)."""
+        ids, self._evicted_item_ids = self._evicted_item_ids, []
+        return ids
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | PathLike[str]) -> None:
+        """Full checkpoint (weights, FTRL and AdaGrad state, id maps, step) as safetensors.
+
+        A joint teacher is not included: save it separately.
+        """
+        Path(path).write_bytes(self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        tensors, tables_meta = tables_to_tensors(self.student.tables)
+        names = dict(self.student.named_parameters())
+        for name, value in self.student.state_dict().items():
+            tensors[f"dense.{name}"] = value.contiguous()
+        for name, parameter in names.items():
+            state = self.dense_optimizer.state.get(parameter, {})
+            for key, value in state.items():
+                tensors[f"adagrad.{name}.{key}"] = torch.as_tensor(value).reshape(-1).contiguous()
+        metadata = {
+            "format": CHECKPOINT_FORMAT,
+            "config": dumps(self.config.to_dict()),
+            "learner": dumps(self._learner_meta()),
+            "tables": dumps(tables_meta),
+        }
+        return safetensors.torch.save(tensors, metadata=metadata)
+
+    def _learner_meta(self) -> dict[str, Any]:
+        objective = self.objective
+        return {
+            "mode": objective.mode,
+            "feedback_weights": dict(objective.feedback_weights),
+            "teacher_weights": dict(objective.teacher_weights),
+            "distill_lambda": schedule_to_dict(objective.distill_lambda),
+            "ftrl": vars(self.ftrl.config) | {},
+            "dense_lr": self.dense_lr,
+            "step": self.step,
+            "clock_ms": self.clock_ms,
+            "evicted_item_ids": self._evicted_item_ids,
+        }
+
+    @classmethod
+    def load(cls, path: str | PathLike[str]) -> StudentLearner:
+        return cls.from_bytes(Path(path).read_bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StudentLearner:
+        metadata = _read_metadata(data, CHECKPOINT_FORMAT)
+        tensors = safetensors.torch.load(data)
+        info = json.loads(metadata["learner"])
+        objective = StudentObjective(
+            mode=info["mode"], feedback_weights=info["feedback_weights"],
+            teacher_weights=info["teacher_weights"],
+            distill_lambda=schedule_from_dict(info["distill_lambda"]),
+        )
+        learner = cls(
+            TwoTowerConfig.from_dict(json.loads(metadata["config"])), objective,
+            FTRLConfig(**info["ftrl"]), float(info["dense_lr"]),
+        )
+        learner.student.tables = tables_from_tensors(tensors, json.loads(metadata["tables"]))
+        learner.student.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("dense.")})
+        for name, parameter in learner.student.named_parameters():
+            state = {}
+            for key in ("step", "sum"):
+                value = tensors.get(f"adagrad.{name}.{key}")
+                if value is not None:
+                    state[key] = value.reshape(()) if key == "step" else value.reshape(parameter.shape)
+            if state:
+                learner.dense_optimizer.state[parameter] = state
+        learner.step = int(info["step"])
+        learner.clock_ms = int(info["clock_ms"])
+        learner._evicted_item_ids = list(info["evicted_item_ids"])
+        return learner
+
+
+def _read_metadata(data: bytes, expected_format: str) -> dict[str, str]:
+    """The JSON metadata of a safetensors blob, checked for ``expected_format``."""
+    if len(data) < 8:
+        raise ExportError("not a safetensors blob: too short")
+    header_size = int.from_bytes(data[:8], "little")
+    if header_size <= 0 or 8 + header_size > len(data):
+        raise ExportError("not a safetensors blob: bad header size")
+    try:
+        header = json.loads(data[8 : 8 + header_size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ExportError(f"not a safetensors blob: {error}") from error
+    metadata = header.get("__metadata__") or {}
+    if metadata.get("format") != expected_format:
+        raise ExportError(f"expected format {expected_format!r}, got {metadata.get('format')!r}")
+    return metadata
+

@@ -1,0 +1,94 @@
+"""Pooled lookups of variable-length id lists for one batch, with row gradients for FTRL.
+
+Each call to :meth:`SparseLookup.pool` maps ids to rows (one dict lookup per id), gathers the
+unique rows into a small leaf tensor and mean-pools every example's rows with
+``embedding_bag``. After ``backward()``, :meth:`SparseLookup.row_grads` sums the leaves'
+gradients per table and row, ready for :class:`~models.ftrl.FTRLProximal`.
+
+An empty id list pools to the zero vector, which is how missing optional features are read.
+
+>>> from models.embedding import EmbeddingTable
+>>> from models.id_map import DynamicIdMap
+>>> tables = {"tag": EmbeddingTable(2, DynamicIdMap())}
+>>> lookup = SparseLookup(tables, now=0, learn=True)
+>>> pooled = lookup.pool("tag", [("a", "b"), (), ("a",)])
+>>> tuple(pooled.shape)
+(3, 2)
+>>> pooled.sum().backward()
+>>> rows, grads = lookup.row_grads()["tag"]
+>>> rows.tolist(), grads[:, 0].tolist()   # "a" is used by two bags with weights 1/2 and 1
+([1, 2], [1.5, 0.5])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from models.embedding import EmbeddingTable
+from models.exceptions import InputError
+
+
+class SparseLookup:
+    """One batch's lookups into a set of tables.
+
+    Parameters
+    ----------
+    tables
+        Tables by name.
+    now
+        Time of the batch (for admission counting and TTL).
+    learn
+        Count sightings, admit ids and record leaves for gradients; ``False`` is read-only.
+    """
+
+    def __init__(self, tables: Mapping[str, EmbeddingTable], now: int, learn: bool) -> None:
+        self.tables = tables
+        self.now = now
+        self.learn = learn
+        self._leaves: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+
+    def pool(self, table_name: str, id_lists: Sequence[Sequence[str]]) -> torch.Tensor:
+        """Mean of each list's rows: shape ``(len(id_lists), dim)``."""
+        table = self.tables.get(table_name)
+        if table is None:
+            raise InputError(f"unknown embedding table {table_name!r}")
+        flat = [raw_id for ids in id_lists for raw_id in ids]
+        offsets = torch.zeros(len(id_lists), dtype=torch.int64)
+        if len(id_lists) > 1:
+            lengths = torch.tensor([len(ids) for ids in id_lists[:-1]], dtype=torch.int64)
+            offsets[1:] = torch.cumsum(lengths, 0)
+        if not flat:
+            return torch.zeros(len(id_lists), table.dim)
+        rows = torch.from_numpy(table.lookup(flat, now=self.now, learn=self.learn))
+        unique_rows, inverse = torch.unique(rows, return_inverse=True)
+        leaf = table.weight.index_select(0, unique_rows)
+        if self.learn:
+            leaf.requires_grad_(True)
+            self._leaves.append((table_name, unique_rows, leaf))
+        return F.embedding_bag(inverse, leaf, offsets, mode="mean")
+
+    def row_grads(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per table, unique rows ``(k,)`` and summed gradients ``(k, dim)`` of all leaves.
+
+        Leaves that received no gradient are skipped.
+        """
+        by_table: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for name, rows, leaf in self._leaves:
+            if leaf.grad is None:
+                continue
+            row_parts, grad_parts = by_table.setdefault(name, ([], []))
+            row_parts.append(rows)
+            grad_parts.append(leaf.grad)
+        out = {}
+        for name, (row_parts, grad_parts) in by_table.items():
+            if len(row_parts) == 1:
+                out[name] = (row_parts[0], grad_parts[0])
+                continue
+            rows, inverse = torch.unique(torch.cat(row_parts), return_inverse=True)
+            grads = torch.zeros(rows.shape[0], grad_parts[0].shape[1])
+            grads.index_add_(0, inverse, torch.cat(grad_parts))
+            out[name] = (rows, grads)
+        return out

@@ -1,0 +1,170 @@
+"""The two-tower student: a user tower and an item tower, cosine x temperature + bias.
+
+Each tower mean-pools its slots' embeddings (see :mod:`models.tokens`), concatenates them
+(shape ``(batch, n_slots * embedding_dim)``) and applies ``len(hidden_sizes) + 1`` Linear
+layers (ReLU between) to an ``output_dim`` vector, L2-normalised. The logit of a (user, item)
+pair is ``temperature * cos(u, v) + bias``.
+
+The module holds no optimiser (see :class:`models.learner.StudentLearner`). Item vectors depend
+on item features only, so a scorer runs :meth:`TwoTowerStudent.user_vector` once per request
+and reuses cached :meth:`TwoTowerStudent.item_vectors`.
+
+>>> from models.features import ItemFeatures, UserFeatures
+>>> student = TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=6))
+>>> user, items = UserFeatures("u1"), [ItemFeatures("i1"), ItemFeatures("i2", tags=("t",))]
+>>> vectors = student.item_vectors(items)
+>>> vectors.shape, bool(np.allclose(np.linalg.norm(vectors, axis=1), 1.0))
+((2, 6), True)
+>>> logits = student.logits_from_vectors(student.user_vector(user), vectors)
+>>> bool(np.array_equal(logits, student.score(user, items)))
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.embedding import EmbeddingTable
+from models.exceptions import ConfigError
+from models.features import ItemFeatures, UserFeatures
+from models.id_map import DynamicIdMap
+from models.sparse import SparseLookup
+from models.tokens import ITEM_SLOT_TABLES, TABLES, USER_SLOT_TABLES, item_slots, user_slots
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    """Sizes and embedding-table policy of the student.
+
+    ``ttl_ms`` and ``capacity`` apply to each embedding table; time is event time in ms.
+    """
+
+    embedding_dim: int = 32
+    hidden_sizes: tuple[int, ...] = (512, 512)
+    output_dim: int = 512
+    min_count: int = 2
+    ttl_ms: int | None = 7 * DAY_MS
+    capacity: int | None = 2_000_000
+    init_temperature: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("embedding_dim", "output_dim", "min_count"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if any(size < 1 for size in self.hidden_sizes):
+            raise ConfigError(f"hidden sizes must be >= 1, got {self.hidden_sizes}")
+        if self.init_temperature <= 0:
+            raise ConfigError(f"init_temperature must be > 0, got {self.init_temperature}")
+        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TwoTowerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown TwoTowerConfig fields: {sorted(unknown)}")
+        return cls(**values)
+
+
+def mlp(in_features: int, hidden_sizes: Sequence[int], out_features: int) -> nn.Sequential:
+    """Linear layers with ReLU between them (none after the last)."""
+    sizes = [in_features, *hidden_sizes, out_features]
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class TwoTowerStudent(nn.Module):
+    """User tower, item tower and the dynamic embedding tables they read.
+
+    Parameters
+    ----------
+    config
+        Sizes and table policy; the dense weights are initialised from ``config.seed``
+        without touching torch's global random state.
+    tables
+        Prebuilt tables (used by loaders); by default fresh empty tables.
+    """
+
+    def __init__(self, config: TwoTowerConfig, tables: dict[str, EmbeddingTable] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.tables = tables if tables is not None else {
+            name: EmbeddingTable(config.embedding_dim, DynamicIdMap(config.min_count, config.capacity), config.ttl_ms)
+            for name in TABLES
+        }
+        dim = config.embedding_dim
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.user_tower = mlp(len(USER_SLOT_TABLES) * dim, config.hidden_sizes, config.output_dim)
+            self.item_tower = mlp(len(ITEM_SLOT_TABLES) * dim, config.hidden_sizes, config.output_dim)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(config.init_temperature)))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    # ------------------------------------------------------------ torch side (training)
+    def encode_users(self, users: Sequence[UserFeatures], lookup: SparseLookup) -> torch.Tensor:
+        """Unit user vectors, shape ``(len(users), output_dim)``."""
+        pooled = [lookup.pool(table, ids) for table, ids in user_slots(users).values()]
+        return F.normalize(self.user_tower(torch.cat(pooled, dim=1)), dim=1)
+
+    def encode_items(self, items: Sequence[ItemFeatures], lookup: SparseLookup) -> torch.Tensor:
+        """Unit item vectors, shape ``(len(items), output_dim)``."""
+        pooled = [lookup.pool(table, ids) for table, ids in item_slots(items).values()]
+        return F.normalize(self.item_tower(torch.cat(pooled, dim=1)), dim=1)
+
+    def pair_logits(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+        """Row-wise ``temperature * <u, v> + bias`` for aligned ``(n, d)`` inputs: shape ``(n,)``."""
+        return self.log_temperature.exp() * (user_vectors * item_vectors).sum(dim=1) + self.bias
+
+    # ------------------------------------------------------------ numpy side (scoring)
+    def user_vector(self, user: UserFeatures) -> np.ndarray:
+        """The unit user vector, float32 shape ``(output_dim,)``. Read-only."""
+        with torch.no_grad():
+            return self.encode_users([user], SparseLookup(self.tables, 0, learn=False))[0].numpy()
+
+    def item_vectors(self, items: Sequence[ItemFeatures]) -> np.ndarray:
+        """Unit item vectors, float32 shape ``(len(items), output_dim)``. Read-only."""
+        if not items:
+            return np.zeros((0, self.config.output_dim), dtype=np.float32)
+        with torch.no_grad():
+            return self.encode_items(items, SparseLookup(self.tables, 0, learn=False)).numpy()
+
+    def logits_from_vectors(self, user_vector: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
+        """``temperature * item_vectors @ user_vector + bias``: float32 shape ``(n,)``."""
+        temperature, bias = self.scalars()
+        return (np.float32(temperature) * (item_vectors @ user_vector) + np.float32(bias)).astype(np.float32)
+
+    def scalars(self) -> tuple[float, float]:
+        """Current ``(temperature, bias)`` as Python floats."""
+        return float(self.log_temperature.detach().exp()), float(self.bias.detach())
+
+    def score(self, user: UserFeatures, items: Sequence[ItemFeatures]) -> np.ndarray:
+        """Logits of ``items`` for ``user`` (float32 ``(n,)``), via the cached-vector path."""
+        return self.logits_from_vectors(self.user_vector(user), self.item_vectors(items))
+
+    def zero_row_ratio(self) -> float:
+        """Share of admitted embedding rows (all tables, fallback rows excluded) that are all zero."""
+        zeros = total = 0
+        for table in self.tables.values():
+            _, is_zero = table.zero_rows_mask()
+            zeros += int(is_zero.sum())
+            total += is_zero.size
+        return zeros / total if total else 0.0
