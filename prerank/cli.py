@@ -66,7 +66,7 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from agents.worker import run_worker
 
-    return run_worker(settings, agents=args.agents.split(","), extra=args.faust_args)
+    return run_worker(settings, agents=args.agents.split(","), extra=args.faust_args, index=args.index)
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_health)
 
     p = sub.add_parser("worker", help="run Faust agents in this process")
-    p.add_argument("--agents", default="joiner,history,trainer,publisher,scorer")
+    p.add_argument("--agents", default="history,joiner,scorer")
+    p.add_argument("--index", type=int, default=0, help="worker number on this host: offsets web and metrics ports")
     p.add_argument("faust_args", nargs=argparse.REMAINDER)
     p.set_defaults(run=_worker)
 

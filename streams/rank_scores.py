@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from streams.base import Codec, Record, TopicSpec
+from streams.training_samples import UserSnapshot
 from streams.types import Id, TimestampMs
 
 
@@ -20,6 +21,7 @@ class RankScores(Record):
     ts_ms: TimestampMs
     candidates: list[Id] = Field(default_factory=list, max_length=5000)
     items: list[RankedItem] = Field(min_length=1, max_length=5000)
+    user: UserSnapshot | None = None  # forwarded from the scorer's response
 
 
 TOPIC = TopicSpec("rank-scores")

@@ -1,10 +1,15 @@
-"""``score-responses`` (key user_id): the scorer's top-k, or an error naming what was wrong."""
+"""``score-responses`` (key user_id): the scorer's top-k, or an error naming what was wrong.
+
+A response carries the user-feature snapshot the scorer used, so the fine ranker and the label
+joiner train on exactly what was served, never on behaviour that happened later.
+"""
 
 from __future__ import annotations
 
 from pydantic import Field
 
 from streams.base import Codec, Record, TopicSpec
+from streams.training_samples import UserSnapshot
 from streams.types import Id
 
 
@@ -23,6 +28,8 @@ class ScoreResponse(Record):
     unknown_items: int = Field(default=0, ge=0)
     degraded: list[str] = Field(default_factory=list)
     error: str | None = None
+    ts_ms: int = Field(default=0, ge=0)
+    user: UserSnapshot | None = None  # the features the scorer used (feature logging, no leakage)
 
 
 TOPIC = TopicSpec("score-responses", retention_ms=3600 * 1000)

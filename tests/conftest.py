@@ -7,6 +7,7 @@ into a failure, so a broken stack can never pass as a green run.
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 
 import pytest
@@ -42,6 +43,16 @@ def stack_settings(base_settings: Settings, tmp_path) -> Settings:
     data["redis"] = {**data["redis"], "key_prefix": f"t{run}"}
     data["worker"] = {
         **data["worker"], "app_id": f"prerank-t{run}", "data_dir": tmp_path / "faust",
-        "checkpoint_dir": tmp_path / "checkpoints",
+        "checkpoint_dir": tmp_path / "checkpoints", "web_port": free_port(), "metrics_port": free_port(),
     }
-    return Settings(**data)
+    settings = Settings(**data)
+    from streams.registry import create_topics
+
+    create_topics(settings.kafka.kafka_python_config(), settings.topics)
+    return settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

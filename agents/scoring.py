@@ -1,0 +1,214 @@
+"""Per-request scoring: the user tower once, item vectors from three tiers, cosine, top-k.
+
+Tiers, cheapest first: an in-process LRU (vectors of the serving version only), Redis (one
+pipelined MGET for the LRU's misses), then the item tower computed locally for whatever Redis
+lacks. The model and the vectors always belong to one version: a version switch replaces the
+model and empties the LRU together.
+
+If Redis is unreachable the scorer keeps answering with the model it has, computing vectors
+locally, and says so in the response (``degraded``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from redis.exceptions import RedisError
+
+from models.features import ItemFeatures, UserFeatures
+from streams.score_requests import ScoreRequest
+from streams.score_responses import ScoredItem, ScoreResponse
+
+log = logging.getLogger(__name__)
+
+REDIS_DOWN = "redis unavailable: vectors computed locally"
+
+
+class VectorLRU:
+    """Item id -> float32 vector, least recently used evicted first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._rows: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+    def get(self, item_id: str) -> np.ndarray | None:
+        row = self._rows.get(item_id)
+        if row is not None:
+            self._rows.move_to_end(item_id)
+        return row
+
+    def put(self, item_id: str, vector: np.ndarray) -> None:
+        if self.capacity <= 0:
+            return
+        self._rows[item_id] = vector
+        self._rows.move_to_end(item_id)
+        while len(self._rows) > self.capacity:
+            self._rows.popitem(last=False)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores, best first (ties: lower index first).
+
+    >>> top_k(np.array([0.1, 0.9, 0.5, 0.9]), 3).tolist()
+    [1, 3, 2]
+    """
+    k = min(k, scores.shape[0])
+    if k < scores.shape[0]:
+        candidates = np.argpartition(-scores, k - 1)[:k]
+    else:
+        candidates = np.arange(scores.shape[0])
+    order = np.lexsort((candidates, -scores[candidates]))
+    return candidates[order]
+
+
+class Scorer:
+    """Answers score requests with the current model version.
+
+    Parameters
+    ----------
+    store
+        An :class:`agents.store.ModelStore`.
+    load_model
+        Turns a version's exported weights into an object with ``user_vector(user)``,
+        ``item_vectors(items)`` and ``logits_from_vectors(u, V)``.
+    """
+
+    def __init__(
+        self,
+        store,
+        load_model: Callable[[bytes], object],
+        *,
+        dtype: str = "float16",
+        lru_items: int = 50_000,
+        max_candidates: int = 5000,
+        max_k: int = 1000,
+        refresh_interval_s: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.load_model = load_model
+        self.dtype = dtype
+        self.lru = VectorLRU(lru_items)
+        self.max_candidates = max_candidates
+        self.max_k = max_k
+        self.refresh_interval_s = refresh_interval_s
+        self.clock = clock
+        self.version: int | None = None
+        self.model = None
+        self.catalog: dict[str, ItemFeatures] = {}
+        self.redis_ok = True
+        self._checked_at = -float("inf")
+
+    # --- version management ---------------------------------------------------------------
+    def refresh(self, force: bool = False) -> bool:
+        """Switch to the store's current version if it changed; True when switched."""
+        now = self.clock()
+        if not force and now - self._checked_at < self.refresh_interval_s:
+            return False
+        self._checked_at = now
+        try:
+            current = self.store.current_version()
+            if current is None or current == self.version:
+                self.redis_ok = True
+                return False
+            weights = self.store.weights(current)
+            meta = self.store.meta(current) or {}
+            self.redis_ok = True
+        except RedisError as exc:
+            self._redis_failed(exc)
+            return False
+        if weights is None:  # expired between the two reads: try again next time
+            return False
+        self.model = self.load_model(weights)
+        self.version = current
+        self.dtype = meta.get("dtype", self.dtype)
+        self.lru.clear()
+        log.info("scorer switched to model version %d", current)
+        return True
+
+    def _redis_failed(self, exc: Exception) -> None:
+        if self.redis_ok:
+            log.warning("redis unavailable, serving from the local tier: %s", exc)
+        self.redis_ok = False
+
+    # --- scoring --------------------------------------------------------------------------
+    def validate(self, request: ScoreRequest) -> str | None:
+        if len(request.candidates) > self.max_candidates:
+            return f"too many candidates: {len(request.candidates)} > {self.max_candidates}"
+        if request.k > self.max_k:
+            return f"k too large: {request.k} > {self.max_k}"
+        return None
+
+    def score(self, request: ScoreRequest, user: UserFeatures) -> ScoreResponse:
+        started = time.perf_counter()
+        self.refresh()
+        problem = self.validate(request)
+        if problem is None and self.model is None:
+            problem = "no model version published yet"
+        if problem is not None:
+            return ScoreResponse(request_id=request.request_id, user_id=request.user_id, error=problem,
+                                 model_version=self.version or -1)
+        candidates = request.candidates
+        vectors, tiers, unknown = self._item_vectors(candidates)
+        user_vector = self.model.user_vector(user)
+        logits = np.asarray(self.model.logits_from_vectors(user_vector, vectors), dtype=np.float32)
+        best = top_k(logits, request.k)
+        return ScoreResponse(
+            request_id=request.request_id, user_id=request.user_id,
+            items=[ScoredItem(item_id=candidates[i], score=float(logits[i])) for i in best],
+            model_version=self.version, latency_ms=(time.perf_counter() - started) * 1000,
+            cache_tiers=tiers, unknown_items=unknown, degraded=[] if self.redis_ok else [REDIS_DOWN],
+        )
+
+    def _item_vectors(self, item_ids: Sequence[str]) -> tuple[np.ndarray, dict[str, int], int]:
+        rows: list[np.ndarray | None] = [self.lru.get(item) for item in item_ids]
+        missing = [i for i, row in enumerate(rows) if row is None]
+        tiers = {"local": len(item_ids) - len(missing), "redis": 0, "computed": 0}
+        unknown = 0
+        if missing and self.redis_ok:
+            try:
+                fetched = self.store.vectors(self.version, [item_ids[i] for i in missing], self.dtype)
+            except RedisError as exc:
+                self._redis_failed(exc)
+                fetched = [None] * len(missing)
+            still_missing = []
+            for index, vector in zip(missing, fetched):
+                if vector is None:
+                    still_missing.append(index)
+                else:
+                    rows[index] = vector
+                    self.lru.put(item_ids[index], vector)
+            tiers["redis"] = len(missing) - len(still_missing)
+            missing = still_missing
+        if missing:
+            features, unknown = self._features([item_ids[i] for i in missing])
+            computed = np.asarray(self.model.item_vectors(features), dtype=np.float32)
+            for index, vector in zip(missing, computed):
+                rows[index] = vector
+                self.lru.put(item_ids[index], vector)
+            tiers["computed"] = len(missing)
+        return np.stack(rows), tiers, unknown
+
+    def _features(self, item_ids: list[str]) -> tuple[list[ItemFeatures], int]:
+        """Catalog features for items the version lacks; bare ids (fallback rows) if unknown."""
+        lookup = [item for item in item_ids if item not in self.catalog]
+        if lookup and self.redis_ok:
+            try:
+                for item_id, features in zip(lookup, self.store.items(lookup)):
+                    if features is not None:
+                        self.catalog[item_id] = features
+            except RedisError as exc:
+                self._redis_failed(exc)
+        features = [self.catalog.get(item) or ItemFeatures(item) for item in item_ids]
+        unknown = sum(1 for item in item_ids if item not in self.catalog)
+        return features, unknown

@@ -1,0 +1,273 @@
+"""Serving-side agents: catalog, profiles, user history, label joiner and scorer.
+
+They share one Faust app (consumer group) because the history and profile tables are read by
+the scorer for the same user: every input topic is keyed by user id and has the same partition
+count, so a user's request, impressions and table rows live on one worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import redis
+from aiohttp import web as aioweb
+from pydantic import ValidationError
+
+from agents.app import Runtime
+from agents.convert import item_from_catalog, profile_fields, record_from_sample, snapshot_from_user
+from agents.convert import user_from_snapshot
+from agents.history import HistoryConfig, UserHistory, local_hour_and_weekday
+from agents.labels import Feedback, JoinConfig, LabelConfig, LabelJoin, build_request_sample
+from agents.scoring import Scorer
+from agents.store import ModelStore
+from models.features import ItemFeatures
+from monitoring.metrics import PrerankMetrics
+from streams import impressions, item_catalog, rank_scores, score_requests, score_responses
+from streams import training_samples, user_profiles
+from streams.exceptions import RecordError
+from streams.score_requests import ScoreRequest
+from streams.score_responses import ScoreResponse
+
+log = logging.getLogger(__name__)
+
+MAX_HTTP_BODY = 1024 * 1024
+IDLE_FLUSH_S = 2.0
+
+
+def redis_client(settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
+
+
+@dataclass
+class Serving:
+    """State shared by the serving agents of one worker."""
+
+    runtime: Runtime
+    metrics: PrerankMetrics
+    store: ModelStore
+    history_config: HistoryConfig = HistoryConfig()
+    catalog: dict[str, ItemFeatures] = field(default_factory=dict)
+
+    def item_features(self, item_ids) -> list[ItemFeatures]:
+        """Catalog features (local dict, then Redis); a bare id when the catalog lacks an item."""
+        missing = [item for item in item_ids if item not in self.catalog]
+        if missing:
+            try:
+                for item_id, found in zip(missing, self.store.items(missing)):
+                    if found is not None:
+                        self.catalog[item_id] = found
+            except redis.RedisError as exc:
+                log.warning("catalog lookup failed: %s", exc)
+        return [self.catalog.get(item) or ItemFeatures(item) for item in item_ids]
+
+
+def install(runtime: Runtime, metrics: PrerankMetrics, agents: set[str]) -> Serving:
+    settings = runtime.settings
+    app = runtime.app
+    serving = Serving(runtime, metrics, ModelStore(redis_client(settings), settings.redis.key_prefix))
+    history = app.Table("user-history", default=None, partitions=settings.topics.partitions)
+    profiles = app.Table("user-profiles", default=None, partitions=settings.topics.partitions)
+
+    def snapshot(user_id: str, ts_ms: int, tab: int):
+        state = history.get(user_id)
+        user = UserHistory.from_dict(state, serving.history_config) if state else UserHistory(user_id, serving.history_config)
+        return user.snapshot(ts_ms, tab=tab, profile=profile_fields(profiles.get(user_id)))
+
+    if "catalog" in agents:
+        @app.agent(runtime.topic("item_catalog"), name="catalog")
+        async def catalog_agent(stream):
+            async for event in stream.events():
+                if event.value is None and event.key is not None:  # compaction tombstone
+                    serving.store.delete_item(event.key.decode(errors="replace"))
+                    continue
+                record = await runtime.decode(item_catalog.CODEC, event, "catalog")
+                if record is not None:
+                    item = item_from_catalog(record)
+                    serving.catalog[item.item_id] = item
+                    serving.store.put_items([item])
+
+        @app.agent(runtime.topic("user_profiles"), name="profiles")
+        async def profiles_agent(stream):
+            async for event in stream.events():
+                record = await runtime.decode(user_profiles.CODEC, event, "profiles")
+                if record is not None:
+                    profiles[record.user_id] = dict(record.fields)
+
+    if "history" in agents:
+        @app.agent(runtime.topic("impressions"), name="history")
+        async def history_agent(stream):
+            async for event in stream.events():
+                record = await runtime.decode(impressions.CODEC, event, "history")
+                if record is None:
+                    continue
+                state = history.get(record.user_id)
+                user = (UserHistory.from_dict(state, serving.history_config) if state
+                        else UserHistory(record.user_id, serving.history_config))
+                user.observe(serving.item_features([record.item_id])[0], record.ts_ms)
+                history[record.user_id] = user.to_dict()
+
+    if "joiner" in agents:
+        _install_joiner(runtime, serving)
+
+    if "scorer" in agents:
+        _install_scorer(runtime, serving, snapshot)
+    return serving
+
+
+def _install_joiner(runtime: Runtime, serving: Serving) -> None:
+    settings = runtime.settings
+    app = runtime.app
+    label_config = LabelConfig(top_n=settings.model.top_n, n_easy_negatives=settings.model.easy_negatives,
+                               seed=settings.model.seed)
+    join = LabelJoin(JoinConfig(window_ms=int(settings.worker.join_window_s * 1000)))
+    users: dict[str, dict] = {}  # request id -> user snapshot, while its window is open
+    last_event = [time.monotonic()]
+    reported: dict[str, int] = {}
+
+    async def emit(ready) -> None:
+        for part in ready:
+            snapshot = users.pop(part.request_id, None)
+            user = user_from_snapshot(snapshot) if snapshot else None
+            if user is None:
+                serving.metrics.count_join_event("orphan")
+                continue
+            candidates = serving.item_features(part.candidates or [r.item_id for r in part.ranked])
+            ranked_features = {f.item_id: f for f in serving.item_features([r.item_id for r in part.ranked])}
+            for f in candidates:
+                ranked_features.setdefault(f.item_id, f)
+            sample = build_request_sample(
+                part.request_id, part.ts_ms, user, list(ranked_features.values()), part.ranked,
+                part.impressions, label_config,
+            )
+            record = record_from_sample(sample)
+            await runtime.topic("training_samples").send(
+                key=part.user_id.encode(), value=training_samples.CODEC.encode(record)
+            )
+            serving.metrics.joiner_records_total.inc()
+        for name in ("late", "duplicate"):
+            total = sum(v for k, v in join.counters.items() if k.startswith(name))
+            if total > reported.get(name, 0):
+                serving.metrics.count_join_event(name, total - reported.get(name, 0))
+                reported[name] = total
+        orphans = join.counters["orphan_requests"]
+        if orphans > reported.get("orphan", 0):
+            serving.metrics.count_join_event("orphan", orphans - reported.get("orphan", 0))
+            reported["orphan"] = orphans
+
+    @app.agent(runtime.topic("rank_scores"), name="joiner-rank-scores")
+    async def joiner_rank_scores(stream):
+        async for event in stream.events():
+            record = await runtime.decode(rank_scores.CODEC, event, "joiner")
+            if record is None:
+                continue
+            last_event[0] = time.monotonic()
+            if record.user is not None and record.request_id not in users:
+                users[record.request_id] = record.user
+            await emit(join.add_rank_scores(record.request_id, record.user_id, record.ts_ms,
+                                            record.items, record.candidates))
+
+    @app.agent(runtime.topic("impressions"), name="joiner-impressions")
+    async def joiner_impressions(stream):
+        async for event in stream.events():
+            record = await runtime.decode(impressions.CODEC, event, "joiner")
+            if record is None:
+                continue
+            last_event[0] = time.monotonic()
+            await emit(join.add_impression(record.request_id, record.user_id, Feedback.of(record)))
+
+    @app.timer(interval=1.0)
+    async def close_idle_windows():
+        # With no new events the event-time watermark stalls; after a quiet spell, close what is open.
+        if join.pending and time.monotonic() - last_event[0] > IDLE_FLUSH_S:
+            await emit(join.flush())
+
+
+def load_student(data: bytes):
+    from models.export import load_student_bytes
+
+    return load_student_bytes(data)
+
+
+def _install_scorer(runtime: Runtime, serving: Serving, snapshot) -> None:
+    settings = runtime.settings
+    app = runtime.app
+    worker = settings.worker
+    scorer = Scorer(
+        serving.store, load_student, dtype=worker.vector_dtype, lru_items=worker.local_cache_items,
+        max_candidates=worker.max_candidates, max_k=worker.max_k,
+    )
+    metrics = serving.metrics
+
+    def answer(request: ScoreRequest) -> ScoreResponse:
+        started = time.perf_counter()
+        user = snapshot(request.user_id, request.ts_ms, request.context.tab)
+        hour, weekday = request.context.hour, request.context.weekday
+        if hour == 0 and weekday == 0:
+            hour, weekday = local_hour_and_weekday(request.ts_ms, serving.history_config.utc_offset_hours)
+        user = type(user)(**{**user.__dict__, "hour": hour, "weekday": weekday})
+        response = scorer.score(request, user)
+        elapsed = time.perf_counter() - started
+        metrics.scorer_requests_total.inc()
+        if response.error:
+            metrics.scorer_errors_total.labels(reason=_error_reason(response.error)).inc()
+        else:
+            metrics.scorer_latency_seconds.observe(elapsed)
+            metrics.scorer_candidates.observe(len(request.candidates))
+            metrics.observe_item_vectors(**{tier: response.cache_tiers.get(tier, 0)
+                                            for tier in ("local", "redis", "computed")})
+        return response.model_copy(update={"latency_ms": elapsed * 1000, "ts_ms": request.ts_ms,
+                                           "user": snapshot_from_user(user)})
+
+    @app.agent(runtime.topic("score_requests"), name="scorer")
+    async def scorer_agent(stream):
+        async for event in stream.events():
+            try:
+                request = score_requests.CODEC.decode(
+                    event.value, topic=event.message.topic, partition=event.message.partition,
+                    offset=event.message.offset,
+                )
+            except RecordError as error:
+                await runtime.dead_letter(error, event.key, event.value, "scorer")
+                metrics.scorer_errors_total.labels(reason="invalid_request").inc()
+                continue
+            response = answer(request)
+            await runtime.topic("score_responses").send(
+                key=request.user_id.encode(), value=score_responses.CODEC.encode(response)
+            )
+
+    @app.page("/score")
+    async def score_http(web_view, request):
+        if request.method != "POST":
+            return aioweb.json_response({"error": "use POST with a JSON score request"}, status=405)
+        if request.content_length is None or request.content_length > MAX_HTTP_BODY:
+            return aioweb.json_response({"error": f"body must be 1..{MAX_HTTP_BODY} bytes"}, status=413)
+        try:
+            payload = json.loads(await request.read())
+            score_request = ScoreRequest.model_validate(payload)
+        except (ValueError, ValidationError) as exc:
+            metrics.scorer_errors_total.labels(reason="invalid_request").inc()
+            return aioweb.json_response({"error": f"invalid score request: {str(exc)[:500]}"}, status=400)
+        response = answer(score_request)
+        status = 200 if response.error is None else 422
+        return aioweb.json_response(response.model_dump(mode="json", exclude={"user"}), status=status)
+
+    @app.timer(interval=0.5)
+    async def refresh_version():
+        if scorer.refresh(force=True) and scorer.version is not None:
+            metrics.set_model_version("scorer", scorer.version, time.time())
+
+    serving.scorer = scorer
+
+
+def _error_reason(error: str) -> str:
+    if error.startswith("too many candidates"):
+        return "too_many_candidates"
+    if error.startswith("no model"):
+        return "no_model"
+    if error.startswith("k too large"):
+        return "invalid_request"
+    return "internal"

@@ -1,0 +1,220 @@
+"""The trainer and publisher: micro-batches from ``training-samples``, checkpoints, versions.
+
+The trainer consumes with its own aiokafka consumer inside the Faust worker instead of a Faust
+stream, because its guarantee is the checkpoint, not Kafka's committed offsets: the model, its
+optimiser state and the next offset of every partition are saved together, and on start the
+consumer seeks to the checkpoint's offsets. A crash therefore replays exactly the records
+learned after the last checkpoint, into a model that has not seen them: no loss, no double count.
+
+One trainer owns every partition of ``training-samples`` (sharding plan: docs/scaling.md).
+Learning runs in a single worker thread so the event loop keeps heartbeating and publishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.exceptions import RedisError
+
+from agents.app import Runtime
+from agents.checkpoint import CheckpointDir
+from agents.convert import sample_from_record
+from agents.publishing import Publisher
+from agents.serving import redis_client
+from agents.store import ModelStore
+from models.export import export_bytes
+from models.learner import StudentLearner
+from models.losses import StudentObjective
+from models.two_tower import TwoTowerConfig
+from monitoring.metrics import PrerankMetrics
+from prerank.settings import Settings
+from streams import training_samples
+from streams.exceptions import RecordError
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "student.safetensors"
+
+
+def new_learner(settings: Settings) -> StudentLearner:
+    model = settings.model
+    config = TwoTowerConfig(
+        embedding_dim=model.embedding_dim, hidden_sizes=(model.hidden_dim, model.hidden_dim),
+        output_dim=model.output_dim, min_count=model.min_count, seed=model.seed,
+    )
+    return StudentLearner(config, objective=StudentObjective(mode=model.mode))
+
+
+@dataclass
+class TrainerState:
+    learner: StudentLearner
+    offsets: dict[str, int] = field(default_factory=dict)  # partition -> next offset to read
+    counters: dict[str, int] = field(default_factory=lambda: {"records": 0, "samples": 0, "version": 0})
+
+
+class Trainer:
+    """Consume, learn, checkpoint and publish; one instance per trainer worker."""
+
+    def __init__(self, runtime: Runtime, metrics: PrerankMetrics, publish: bool = True) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.metrics = metrics
+        self.checkpoints = CheckpointDir(self.settings.worker.checkpoint_dir)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learn")
+        self.state = self._restore()
+        worker = self.settings.worker
+        self.publisher = None
+        if publish:
+            store = ModelStore(redis_client(self.settings), self.settings.redis.key_prefix)
+            self.publisher = Publisher(store, lambda learner: export_bytes(learner, prune=True),
+                                       hot_items=worker.hot_items, dtype=worker.vector_dtype,
+                                       ttl_s=worker.version_ttl_s)
+            self.publisher.version = self.state.counters.get("version", 0)
+        self.topic = runtime.topic_name("training_samples")
+        self._dirty = False
+        self._last_checkpoint = time.monotonic()
+        self._last_publish = 0.0
+        self._published_samples = 0
+        self._stopping = False
+
+    def _restore(self) -> TrainerState:
+        latest = self.checkpoints.latest()
+        if latest is None:
+            return TrainerState(new_learner(self.settings))
+        learner = StudentLearner.load(latest.folder / MODEL_FILE)
+        log.info("trainer restored %s: %s", latest.folder.name, latest.counters)
+        return TrainerState(learner, dict(latest.offsets), dict(latest.counters))
+
+    def checkpoint(self) -> None:
+        self.checkpoints.save(
+            lambda folder: self.state.learner.save(folder / MODEL_FILE),
+            self.state.offsets, self.state.counters,
+        )
+        self._dirty = False
+        self._last_checkpoint = time.monotonic()
+
+    def learn(self, records: list) -> dict[str, float]:
+        samples = [sample_from_record(record) for record in records]
+        started = time.perf_counter()
+        result = self.state.learner.learn_many(samples)
+        self.metrics.trainer_batch_seconds.observe(time.perf_counter() - started)
+        if self.publisher is not None:
+            self.publisher.hot.observe((item for s in samples for item in s.items), time.monotonic())
+        return result
+
+    def publish(self) -> None:
+        learner = self.state.learner
+        meta = self.publisher.publish(learner, self.state.counters["samples"],
+                                      evicted=learner.drain_evicted_item_ids())
+        self.state.counters["version"] = meta["version"]
+        self.metrics.publish_duration_seconds.observe(meta["publish_s"])
+        self.metrics.published_items_total.inc(meta["n_items"])
+        self.metrics.published_versions_total.inc()
+        self.metrics.publish_deleted_items_total.inc(meta["deleted"])
+        self.metrics.set_model_version("publisher", meta["version"], meta["created_at_ms"] / 1000)
+        self.metrics.embedding_zero_rows_ratio.set(learner.zero_row_ratio())
+
+    async def run(self) -> None:
+        kafka = self.settings.kafka
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024,
+            security_protocol=kafka.security_protocol, sasl_mechanism=kafka.sasl_mechanism or "PLAIN",
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+        )
+        await consumer.start()
+        loop = asyncio.get_running_loop()
+        try:
+            partitions = await self._assign(consumer)
+            log.info("trainer reading %s partitions %s from %s", self.topic, partitions, self.state.offsets)
+            worker = self.settings.worker
+            while not self._stopping:
+                batches = await consumer.getmany(
+                    timeout_ms=int(worker.train_batch_timeout_s * 1000), max_records=worker.train_batch_requests
+                )
+                records = []
+                for tp, messages in batches.items():
+                    for message in messages:
+                        record = await self._decode(message)
+                        if record is not None:
+                            records.append(record)
+                        self.state.offsets[str(tp.partition)] = message.offset + 1
+                if records:
+                    result = await loop.run_in_executor(self.executor, self.learn, records)
+                    n_samples = sum(len(r.items) for r in records)
+                    self.state.counters["records"] += len(records)
+                    self.state.counters["samples"] += n_samples
+                    self.metrics.trainer_samples_total.labels(mode=self.settings.model.mode).inc(n_samples)
+                    self.metrics.trainer_loss.set(result["loss"])
+                if batches:
+                    self._dirty = True
+                await self._maybe_publish_and_checkpoint(loop)
+        finally:
+            await consumer.stop()
+            if self._dirty:
+                await loop.run_in_executor(self.executor, self.checkpoint)
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> list[int]:
+        for _ in range(100):
+            partitions = consumer.partitions_for_topic(self.topic)
+            if partitions:
+                break
+            await consumer.force_metadata_update()
+            await asyncio.sleep(0.2)
+        else:
+            raise RuntimeError(f"topic {self.topic} has no partitions; run `prerank topics create`")
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        for tp in tps:
+            if str(tp.partition) in self.state.offsets:
+                consumer.seek(tp, self.state.offsets[str(tp.partition)])
+            else:
+                await consumer.seek_to_beginning(tp)
+        return sorted(partitions)
+
+    async def _decode(self, message):
+        try:
+            return training_samples.CODEC.decode(
+                message.value, topic=message.topic, partition=message.partition, offset=message.offset
+            )
+        except RecordError as error:
+            await self.runtime.dead_letter(error, message.key, message.value, "trainer")
+            return None
+
+    async def _maybe_publish_and_checkpoint(self, loop) -> None:
+        worker = self.settings.worker
+        now = time.monotonic()
+        learned = self.state.counters["samples"]
+        if (self.publisher is not None and learned != self._published_samples
+                and now - self._last_publish >= worker.publish_interval_s):
+            self._last_publish = now
+            try:
+                await loop.run_in_executor(self.executor, self.publish)
+                self._published_samples = learned
+            except (RedisError, OSError) as exc:  # the next interval retries; training goes on
+                log.warning("publish failed, will retry: %s", exc)
+        if self._dirty and now - self._last_checkpoint >= worker.checkpoint_interval_s:
+            await loop.run_in_executor(self.executor, self.checkpoint)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+
+def install(runtime: Runtime, metrics: PrerankMetrics, publish: bool = True) -> Trainer:
+    trainer = Trainer(runtime, metrics, publish=publish)
+
+    @runtime.app.task
+    async def train():
+        await trainer.run()
+
+    @runtime.app.on_shutdown.connect
+    async def stop_training(app, **kwargs):
+        trainer.stop()
+
+    return trainer

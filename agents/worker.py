@@ -1,0 +1,88 @@
+"""``prerank worker``: one Faust worker process running a chosen set of agents.
+
+Serving agents (catalog, history, joiner, scorer, ranker) share one consumer group, so more
+processes with the same agent set split the partitions. The trainer (with its publisher)
+runs in a group of its own: ``--agents trainer,publisher`` in a second process keeps its CPU
+work away from the scorer's latency. Every worker serves ``/metrics`` on ``worker.metrics_port``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from prometheus_client import REGISTRY
+
+from agents.app import create_runtime
+from monitoring.metrics import metrics_from_default_registry
+from monitoring.server import serve_metrics
+from prerank.exceptions import PrerankError
+from prerank.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVING = {"catalog", "history", "joiner", "scorer", "ranker"}
+TRAINING = {"trainer", "publisher"}
+KNOWN = SERVING | TRAINING
+
+
+def plan(agents: list[str]) -> set[str]:
+    """Validate the agent names; the catalog agent comes with every serving set.
+
+    >>> sorted(plan(["scorer"]))
+    ['catalog', 'scorer']
+    >>> sorted(plan(["trainer"]))
+    ['trainer']
+    """
+    chosen = {name.strip() for name in agents if name.strip()}
+    unknown = chosen - KNOWN
+    if unknown:
+        raise PrerankError(f"unknown agents {sorted(unknown)}; choose from {sorted(KNOWN)}")
+    if not chosen:
+        raise PrerankError("no agents chosen")
+    if chosen & SERVING:
+        chosen.add("catalog")
+    return chosen
+
+
+def build(settings: Settings, agents: set[str], registry=REGISTRY, web_port: int | None = None):
+    """The Faust app with the chosen agents installed; returns (runtime, installed parts)."""
+    from faust.sensors.prometheus import setup_prometheus_sensors
+
+    from monitoring.metrics import PrerankMetrics
+
+    metrics = metrics_from_default_registry() if registry is REGISTRY else PrerankMetrics(registry)
+    app_id = settings.worker.app_id if agents & SERVING else f"{settings.worker.app_id}-trainer"
+    runtime = create_runtime(settings, registry=registry, app_id=app_id, web_port=web_port)
+    setup_prometheus_sensors(runtime.app, registry=registry, name_prefix="faust")
+    parts = {}
+    if agents & SERVING:
+        from agents import serving
+
+        parts["serving"] = serving.install(runtime, metrics, agents)
+    if "ranker" in agents:
+        from agents import ranker
+
+        parts["ranker"] = ranker.install(runtime, metrics, parts["serving"])
+    if "trainer" in agents:
+        from agents import trainer
+
+        parts["trainer"] = trainer.install(runtime, metrics, publish="publisher" in agents)
+    return runtime, parts, metrics
+
+
+def run_worker(settings: Settings, agents: list[str], extra: list[str] | None = None, index: int = 0) -> int:
+    chosen = plan(agents)
+    web_port = settings.worker.web_port + index
+    runtime, _, _ = build(settings, chosen, web_port=web_port)
+    server = serve_metrics(REGISTRY, settings.worker.metrics_port + index, settings.worker.web_host)
+    log.info("worker %s: agents %s, metrics on :%d", runtime.app.conf.id, sorted(chosen), server.port)
+    sys.argv = ["prerank-worker", "worker", "--loglevel", "warn", "--web-port", str(web_port),
+                "--web-host", settings.worker.web_host, *(extra or [])]
+    try:
+        runtime.app.main()
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    finally:
+        server.close()
+    return 0

@@ -1,0 +1,67 @@
+"""The foundation on the real local stack: topics, a Faust worker, dead letters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+from streams import dead_letters, score_requests, score_responses
+from streams.registry import ALL_TOPICS, create_topics
+from streams.score_requests import ScoreRequest
+from tests.integration.workers import Worker, read_topic, send_all
+
+pytestmark = pytest.mark.integration
+
+
+def test_topics_have_declared_partitions_and_configs(stack_settings):
+    again = create_topics(stack_settings.kafka.kafka_python_config(), stack_settings.topics)
+    assert set(again.values()) == {"exists"}  # idempotent
+    admin = KafkaAdminClient(**stack_settings.kafka.kafka_python_config())
+    try:
+        names = [stack_settings.topics.name(spec.name) for spec in ALL_TOPICS]
+        described = {t["name"]: t for t in admin.describe_topics(names)}
+        resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+        configs = {
+            name: {key: entry["value"] for key, entry in entries.items()}
+            for name, entries in admin.describe_configs(resources)["topic"].items()
+        }
+    finally:
+        admin.close()
+    for spec in ALL_TOPICS:
+        name = stack_settings.topics.name(spec.name)
+        expected = spec.partitions or stack_settings.topics.partitions
+        assert len(described[name]["partitions"]) == expected, name
+        assert configs[name]["cleanup.policy"] == ("compact" if spec.compacted else "delete"), name
+
+
+def test_records_pass_through_a_worker_once_in_order_and_bad_ones_become_dead_letters(stack_settings, tmp_path):
+    users = [f"u{i}" for i in range(5)]
+    requests = [
+        ScoreRequest(request_id=f"r{n}", user_id=users[n % 5], ts_ms=1_650_000_000_000 + n,
+                     candidates=["a", "b", "c"], k=2)
+        for n in range(60)
+    ]
+    good = [(r.user_id.encode(), score_requests.CODEC.encode(r)) for r in requests]
+    bad = [(b"u0", b"\xffnot json"), (b"u1", json.dumps({"v": 1, "request_id": "x"}).encode())]
+    worker = Worker(stack_settings, "scorer", tmp_path / "worker.log")
+    try:
+        send_all(stack_settings, "score_requests", good[:30] + bad + good[30:])
+        responses = read_topic(stack_settings, "score_responses", expected=len(requests), timeout_s=90, workers=[worker])
+        letters = read_topic(stack_settings, "dead_letters", expected=len(bad), timeout_s=30, idle_s=1)
+        assert worker.alive(), worker.log_tail()
+    finally:
+        worker.stop()
+    decoded = [score_responses.CODEC.decode(m.value) for m in responses]
+    assert sorted(r.request_id for r in decoded) == sorted(r.request_id for r in requests), worker.log_tail()
+    for user in users:  # in order per key
+        sent = [r.request_id for r in requests if r.user_id == user]
+        got = [r.request_id for r, m in zip(decoded, responses) if m.key == user.encode()]
+        assert got == sent
+    assert all(r.error == "no model version published yet" for r in decoded)
+    reasons = sorted(dead_letters.CODEC.decode(m.value).reason for m in letters)
+    assert len(reasons) == 2
+    assert reasons[0].startswith("invalid JSON") and "user_id" in reasons[1] or "Field required" in reasons[1]
+    sources = {dead_letters.CODEC.decode(m.value).source_topic for m in letters}
+    assert sources == {stack_settings.topics.name("score-requests")}
