@@ -84,7 +84,7 @@ class Runtime:
     app: faust.App
     registry: CollectorRegistry
     topics: dict[str, faust.TopicT] = field(default_factory=dict)
-    dead_letter_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    metrics: object | None = None  # monitoring.metrics.PrerankMetrics, set by the worker
 
     def topic(self, key: str) -> faust.TopicT:
         return self.topics[key]
@@ -106,12 +106,23 @@ class Runtime:
     async def dead_letter(self, error: RecordError, key, value, agent: str) -> None:
         letter = DeadLetter.from_error(error, _as_bytes(key), _as_bytes(value), agent=agent)
         log.warning("dead letter from %s: %s", agent, error)
-        reason_class = error.reason.split(":", 1)[0][:60]
-        counter_key = (error.topic, reason_class)
-        self.dead_letter_counts[counter_key] = self.dead_letter_counts.get(counter_key, 0) + 1
+        if self.metrics is not None:
+            self.metrics.dead_letters_total.labels(topic=error.topic, reason=reason_class(error.reason)).inc()
         await self.topics["dead_letters"].send(
             key=error.topic.encode(), value=dead_letters.CODEC.encode(letter)
         )
+
+
+def reason_class(reason: str) -> str:
+    """A low-cardinality label for a dead-letter reason: its first clause, ids stripped.
+
+    >>> reason_class("invalid JSON: Expecting value: line 1 column 1 (char 0)")
+    'invalid JSON'
+    >>> reason_class("user_id: Field required")
+    'user_id'
+    """
+    head = reason.split(":", 1)[0].strip()
+    return head[:60] or "unknown"
 
 
 def _as_bytes(value) -> bytes | None:

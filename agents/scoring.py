@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -93,6 +94,7 @@ class Scorer:
         max_candidates: int = 5000,
         max_k: int = 1000,
         refresh_interval_s: float = 0.2,
+        easy_negatives: int = 20,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
@@ -102,6 +104,7 @@ class Scorer:
         self.max_candidates = max_candidates
         self.max_k = max_k
         self.refresh_interval_s = refresh_interval_s
+        self.easy_negatives = easy_negatives
         self.clock = clock
         self.version: int | None = None
         self.model = None
@@ -164,11 +167,21 @@ class Scorer:
         logits = np.asarray(self.model.logits_from_vectors(user_vector, vectors), dtype=np.float32)
         best = top_k(logits, request.k)
         return ScoreResponse(
+            negatives=self._easy_negatives(request, best),
             request_id=request.request_id, user_id=request.user_id,
             items=[ScoredItem(item_id=candidates[i], score=float(logits[i])) for i in best],
             model_version=self.version, latency_ms=(time.perf_counter() - started) * 1000,
             cache_tiers=tiers, unknown_items=unknown, degraded=[] if self.redis_ok else [REDIS_DOWN],
         )
+
+    def _easy_negatives(self, request: ScoreRequest, best: np.ndarray) -> list[str]:
+        """A seeded sample of the candidates outside the top-k: the joiner's easy negatives."""
+        if self.easy_negatives <= 0 or len(request.candidates) <= len(best):
+            return []
+        rest = np.setdiff1d(np.arange(len(request.candidates)), best, assume_unique=True)
+        rng = np.random.default_rng(zlib.crc32(request.request_id.encode()))
+        picks = rng.choice(rest, min(self.easy_negatives, len(rest)), replace=False)
+        return [request.candidates[i] for i in np.sort(picks)]
 
     def _item_vectors(self, item_ids: Sequence[str]) -> tuple[np.ndarray, dict[str, int], int]:
         rows: list[np.ndarray | None] = [self.lru.get(item) for item in item_ids]

@@ -135,13 +135,10 @@ def _install_joiner(runtime: Runtime, serving: Serving) -> None:
             if user is None:
                 serving.metrics.count_join_event("orphan")
                 continue
-            candidates = serving.item_features(part.candidates or [r.item_id for r in part.ranked])
-            ranked_features = {f.item_id: f for f in serving.item_features([r.item_id for r in part.ranked])}
-            for f in candidates:
-                ranked_features.setdefault(f.item_id, f)
+            ids = [r.item_id for r in part.ranked] + list(part.candidates) + [f.item_id for f in part.impressions]
+            features = serving.item_features(list(dict.fromkeys(ids)))
             sample = build_request_sample(
-                part.request_id, part.ts_ms, user, list(ranked_features.values()), part.ranked,
-                part.impressions, label_config,
+                part.request_id, part.ts_ms, user, features, part.ranked, part.impressions, label_config,
             )
             record = record_from_sample(sample)
             await runtime.topic("training_samples").send(
@@ -199,6 +196,7 @@ def _install_scorer(runtime: Runtime, serving: Serving, snapshot) -> None:
     scorer = Scorer(
         serving.store, load_student, dtype=worker.vector_dtype, lru_items=worker.local_cache_items,
         max_candidates=worker.max_candidates, max_k=worker.max_k,
+        easy_negatives=settings.model.easy_negatives,
     )
     metrics = serving.metrics
 

@@ -31,6 +31,7 @@ from models.export import export_bytes
 from models.learner import StudentLearner
 from models.losses import StudentObjective
 from models.two_tower import TwoTowerConfig
+from monitoring.lag import consumer_lag, record_consumer_lag
 from monitoring.metrics import PrerankMetrics
 from prerank.settings import Settings
 from streams import training_samples
@@ -39,6 +40,7 @@ from streams.exceptions import RecordError
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "student.safetensors"
+LAG_INTERVAL_S = 5.0
 
 
 def new_learner(settings: Settings) -> StudentLearner:
@@ -80,6 +82,7 @@ class Trainer:
         self._last_checkpoint = time.monotonic()
         self._last_publish = 0.0
         self._published_samples = 0
+        self._lag_at = 0.0
         self._stopping = False
 
     def _restore(self) -> TrainerState:
@@ -155,6 +158,7 @@ class Trainer:
                 if batches:
                     self._dirty = True
                 await self._maybe_publish_and_checkpoint(loop)
+                await self._maybe_record_lag(consumer)
         finally:
             await consumer.stop()
             if self._dirty:
@@ -201,6 +205,18 @@ class Trainer:
                 log.warning("publish failed, will retry: %s", exc)
         if self._dirty and now - self._last_checkpoint >= worker.checkpoint_interval_s:
             await loop.run_in_executor(self.executor, self.checkpoint)
+
+    async def _maybe_record_lag(self, consumer: AIOKafkaConsumer) -> None:
+        now = time.monotonic()
+        if now - self._lag_at < LAG_INTERVAL_S:
+            return
+        self._lag_at = now
+        tps = list(consumer.assignment())
+        ends = await consumer.end_offsets(tps)
+        positions = {tp: self.state.offsets.get(str(tp.partition), 0) for tp in tps}
+        record_consumer_lag(self.metrics, "trainer", {
+            (tp.topic, tp.partition): lag for tp, lag in consumer_lag(ends, positions).items()
+        })
 
     def stop(self) -> None:
         self._stopping = True

@@ -47,14 +47,14 @@ def plan(agents: list[str]) -> set[str]:
 
 def build(settings: Settings, agents: set[str], registry=REGISTRY, web_port: int | None = None):
     """The Faust app with the chosen agents installed; returns (runtime, installed parts)."""
-    from faust.sensors.prometheus import setup_prometheus_sensors
-
+    from monitoring.faust_sensor import enable_faust_sensor
     from monitoring.metrics import PrerankMetrics
 
     metrics = metrics_from_default_registry() if registry is REGISTRY else PrerankMetrics(registry)
     app_id = settings.worker.app_id if agents & SERVING else f"{settings.worker.app_id}-trainer"
     runtime = create_runtime(settings, registry=registry, app_id=app_id, web_port=web_port)
-    setup_prometheus_sensors(runtime.app, registry=registry, name_prefix="faust")
+    runtime.metrics = metrics
+    enable_faust_sensor(runtime.app, registry)
     parts = {}
     if agents & SERVING:
         from agents import serving
@@ -75,7 +75,7 @@ def run_worker(settings: Settings, agents: list[str], extra: list[str] | None = 
     chosen = plan(agents)
     web_port = settings.worker.web_port + index
     runtime, _, _ = build(settings, chosen, web_port=web_port)
-    server = serve_metrics(REGISTRY, settings.worker.metrics_port + index, settings.worker.web_host)
+    server = serve_metrics(REGISTRY, settings.worker.metrics_port + index, settings.worker.metrics_host)
     log.info("worker %s: agents %s, metrics on :%d", runtime.app.conf.id, sorted(chosen), server.port)
     sys.argv = ["prerank-worker", "worker", "--loglevel", "warn", "--web-port", str(web_port),
                 "--web-host", settings.worker.web_host, *(extra or [])]

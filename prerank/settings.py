@@ -140,6 +140,7 @@ class WorkerSettings(BaseModel):
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     metrics_port: int = 9464
+    metrics_host: str = "127.0.0.1"
     store: str = "memory://"
     data_dir: Path = Path(".stack/faust")
     join_window_s: float = 600.0
