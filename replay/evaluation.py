@@ -1,0 +1,68 @@
+"""Progressive-evaluation accumulators of the offline funnel: feedback AUCs and consistency.
+
+>>> log = FeedbackLog()
+>>> log.add("u", click=1, long_view=0, click_score=0.9, long_view_score=0.2)
+>>> log.add("u", click=0, long_view=1, click_score=0.1, long_view_score=0.8)
+>>> log.summary()["auc_click"], log.summary()["gauc_long_view"], log.summary()["eval_exposures"]
+(1.0, 1.0, 2)
+>>> consistency = ConsistencyLog(n=1, ks=(1, 2))
+>>> consistency.add(teacher_scores=[3.0, 2.0, 1.0], student_scores=[0.0, 2.0, 1.0])
+>>> consistency.summary()
+{'consistency_recall_at_1': 0.0, 'consistency_recall_at_2': 0.0, 'consistency_requests': 1}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from replay.metrics import auc, consistency_recall, gauc
+
+
+class FeedbackLog:
+    """Scores of exposed items with their feedback, for AUC and GAUC at the end."""
+
+    def __init__(self) -> None:
+        self._users: list[str] = []
+        self._labels: list[tuple[int, int]] = []
+        self._scores: list[tuple[float, float]] = []
+
+    def add(self, user_id: str, click: int, long_view: int, click_score: float, long_view_score: float) -> None:
+        self._users.append(user_id)
+        self._labels.append((click, long_view))
+        self._scores.append((click_score, long_view_score))
+
+    def summary(self) -> dict[str, float | int]:
+        if not self._users:
+            return {"eval_exposures": 0}
+        labels = np.asarray(self._labels)
+        scores = np.asarray(self._scores, dtype=np.float64)
+        return {
+            "auc_click": auc(labels[:, 0], scores[:, 0]),
+            "auc_long_view": auc(labels[:, 1], scores[:, 1]),
+            "gauc_click": gauc(self._users, labels[:, 0], scores[:, 0]),
+            "gauc_long_view": gauc(self._users, labels[:, 1], scores[:, 1]),
+            "eval_exposures": len(self._users),
+        }
+
+
+class ConsistencyLog:
+    """Mean recall of the teacher's top-``n`` inside the pre-ranker's top-k, for each k."""
+
+    def __init__(self, n: int = 10, ks: Sequence[int] = (50, 100, 200)) -> None:
+        self.n = n
+        self.ks = tuple(ks)
+        self._recalls: list[list[float]] = [[] for _ in self.ks]
+
+    def add(self, teacher_scores: Sequence[float] | np.ndarray, student_scores: Sequence[float] | np.ndarray) -> None:
+        for k, recalls in zip(self.ks, self._recalls):
+            recalls.append(consistency_recall(teacher_scores, student_scores, self.n, k))
+
+    def summary(self) -> dict[str, float | int]:
+        out: dict[str, float | int] = {
+            f"consistency_recall_at_{k}": float(np.mean(r)) if r else float("nan")
+            for k, r in zip(self.ks, self._recalls)
+        }
+        out["consistency_requests"] = len(self._recalls[0]) if self._recalls else 0
+        return out

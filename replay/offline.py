@@ -1,0 +1,314 @@
+"""The offline funnel: the streaming system's loop in one process, without Kafka.
+
+Replay in event-time order, request by request (pages from :mod:`replay.grouping`):
+
+1. *Pre-fit* (requests before ``train_until``): the fine ranker (teacher) learns from the logged
+   exposures; user histories and "popular now" warm up.
+2. *Replay* (from ``train_until``), for the requests of a user sample: build ~1000 candidates;
+   every arm (pre-ranker) scores them; the teacher scores each arm's top-``rank_k`` plus the
+   exposed items and ranks them; :func:`agents.labels.build_request_sample` makes each arm's
+   training sample. At or after ``eval_from`` the scores of exposed items are logged (progressive
+   evaluation: scores come before learning) and, on every ``consistency_every``-th request, the
+   teacher scores the whole candidate set to measure consistency. Then, every ``batch_requests``
+   requests, each arm learns its samples and the teacher learns the exposures.
+
+History and popularity see every request (sampled users or not) after it is processed, so a
+snapshot never contains its own request's behaviour.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from agents.history import HistoryConfig, UserHistory
+from agents.labels import Feedback, LabelConfig, Ranked, build_request_sample
+from models.features import ItemFeatures, RequestSample, UserFeatures
+from replay.arms import Arm
+from replay.candidates import CandidateConfig, CandidateGenerator
+from replay.dataset import Dataset
+from replay.evaluation import ConsistencyLog, FeedbackLog
+from replay.events import Request
+from replay.exceptions import ConfigError
+from replay.grouping import DEFAULT_GAP_MS, group_requests
+from replay.metrics import top_k
+
+TEACHER_WEIGHTS: Mapping[str, float] = {"click": 1.0, "long_view": 1.0, "like": 0.5}
+
+
+class FineRanker(Protocol):
+    """The simulated fine ranker: per-objective logits and online learning from exposures."""
+
+    def score_objectives(self, user: UserFeatures, items: Sequence[ItemFeatures]) -> Mapping[str, np.ndarray]: ...
+
+    def learn_many(self, samples: Sequence[RequestSample]) -> dict[str, float]: ...
+
+
+def local_date_ms(date: str, utc_offset_hours: float = 8.0) -> int:
+    """Epoch ms of local midnight of an ISO date (``"2022-05-01"`` or ``"20220501"``).
+
+    >>> local_date_ms("2022-04-25")  # Beijing midnight
+    1650816000000
+    """
+    try:
+        day = dt.date.fromisoformat(date) if "-" in date else dt.datetime.strptime(date, "%Y%m%d").date()
+    except ValueError:
+        raise ConfigError(f"not a date: {date!r} (use YYYY-MM-DD)") from None
+    zone = dt.timezone(dt.timedelta(hours=utc_offset_hours))
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=zone).timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    """What the funnel replays and how (see the module docstring)."""
+
+    train_until_ms: int
+    eval_from_ms: int
+    max_requests: int | None = 20_000
+    rank_k: int = 100
+    labels: LabelConfig = LabelConfig(top_n=10, n_easy_negatives=20)
+    consistency_every: int = 10
+    consistency_ks: tuple[int, ...] = (50, 100, 200)
+    batch_requests: int = 32
+    request_gap_ms: int = DEFAULT_GAP_MS
+    candidates: CandidateConfig = CandidateConfig()
+    history: HistoryConfig = HistoryConfig()
+    teacher_weights: Mapping[str, float] = field(default_factory=lambda: dict(TEACHER_WEIGHTS))
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.eval_from_ms < self.train_until_ms:
+            raise ConfigError("eval_from must not be before train_until")
+        for name in ("rank_k", "consistency_every", "batch_requests"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_requests is not None and self.max_requests < 1:
+            raise ConfigError(f"max_requests must be >= 1 or None, got {self.max_requests}")
+
+
+def sample_rate(n_requests: int, max_requests: int | None) -> float:
+    return 1.0 if max_requests is None or n_requests <= max_requests else max_requests / n_requests
+
+
+def user_in_sample(user_id: str, rate: float, seed: int) -> bool:
+    """Deterministic user sampling: a user is in or out for the whole replay."""
+    return zlib.crc32(f"{seed}:{user_id}".encode()) < rate * 2**32
+
+
+class OfflineFunnel:
+    """One replay over ``dataset`` comparing ``arms`` against ``teacher``; :meth:`run` returns the report."""
+
+    def __init__(self, dataset: Dataset, arms: Sequence[Arm], teacher: FineRanker, config: OfflineConfig) -> None:
+        names = [arm.name for arm in arms]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"arm names must be unique, got {names}")
+        self.dataset = dataset
+        self.arms = tuple(arms)
+        self.teacher = teacher
+        self.config = config
+        self.generator = CandidateGenerator(dataset.catalog, config.candidates)
+        self.histories: dict[str, UserHistory] = {}
+        self.feedback = {arm.name: FeedbackLog() for arm in self.arms}
+        self.teacher_feedback = FeedbackLog()
+        self.consistency = {arm.name: ConsistencyLog(config.labels.top_n, config.consistency_ks) for arm in self.arms}
+        self._arm_batches: dict[str, list[RequestSample]] = {arm.name: [] for arm in self.arms}
+        self._teacher_batch: list[RequestSample] = []
+        self._candidate_build_s: list[float] = []
+        self._teacher_score_s = 0.0
+        self._teacher_learn_s = 0.0
+        self.counts = {"prefit_requests": 0, "replay_requests": 0, "eval_requests": 0, "skipped_users_requests": 0}
+
+    # ------------------------------------------------------------------ state helpers
+    def history(self, user_id: str) -> UserHistory:
+        history = self.histories.get(user_id)
+        if history is None:
+            seed = self.dataset.history_seeds.get(user_id)
+            if seed is None:
+                history = UserHistory(user_id, self.config.history)
+            else:
+                history = UserHistory.seeded(
+                    user_id, seed.item_ids, seed.last_ts_ms, self.dataset.catalog, self.config.history
+                )
+            self.histories[user_id] = history
+        return history
+
+    def _after(self, request: Request) -> None:
+        history = self.history(request.user_id)
+        for exposure in request.exposures:
+            history.observe(self.dataset.catalog[exposure.item_id], exposure.ts_ms)
+            self.generator.observe(exposure.item_id, exposure.ts_ms)
+
+    def _snapshot(self, request: Request) -> UserFeatures:
+        profile = self.dataset.profiles.get(request.user_id)
+        return self.history(request.user_id).snapshot(request.ts_ms, request.tab, profile)
+
+    @staticmethod
+    def _feedback(request: Request) -> list[Feedback]:
+        return [
+            Feedback(e.item_id, e.ts_ms, position, e.click, e.long_view, e.like, e.play_ms)
+            for position, e in enumerate(request.exposures)
+        ]
+
+    def _teacher_sample(self, request: Request, user: UserFeatures) -> RequestSample:
+        items = [self.dataset.catalog[i] for i in request.item_ids]
+        return build_request_sample(
+            request.request_id, request.ts_ms, user, items, (), self._feedback(request),
+            LabelConfig(top_n=1, n_easy_negatives=0),
+        )  # fmt: skip
+
+    def _learn(self, force: bool = False) -> None:
+        if not force and len(self._teacher_batch) < self.config.batch_requests:
+            return
+        for arm in self.arms:
+            batch = self._arm_batches[arm.name]
+            if batch:
+                arm.learn(batch)
+            self._arm_batches[arm.name] = []
+        if self._teacher_batch:
+            start = time.perf_counter()
+            self.teacher.learn_many(self._teacher_batch)
+            self._teacher_learn_s += time.perf_counter() - start
+        self._teacher_batch = []
+
+    # ------------------------------------------------------------------ one request
+    def _prefit(self, request: Request) -> None:
+        self._teacher_batch.append(self._teacher_sample(request, self._snapshot(request)))
+        self._learn()
+        self._after(request)
+        self.counts["prefit_requests"] += 1
+
+    def _replay(self, request: Request, evaluate: bool) -> None:
+        config = self.config
+        user = self._snapshot(request)
+        history = self.history(request.user_id)
+        start = time.perf_counter()
+        candidates = self.generator.build(request.request_id, request.item_ids, history.authors, history.tags, request.ts_ms)
+        self._candidate_build_s.append(time.perf_counter() - start)
+        items = [self.generator.items[i] for i in candidates]
+        n_exposed = len(dict.fromkeys(request.item_ids))
+        exposed_positions = np.arange(n_exposed)
+        arm_scores = {arm.name: np.asarray(arm.score(user, candidates), dtype=np.float64) for arm in self.arms}
+        arm_tops = {name: top_k(scores, config.rank_k) for name, scores in arm_scores.items()}
+
+        check_consistency = evaluate and self.counts["eval_requests"] % config.consistency_every == 0
+        if check_consistency:
+            scored = np.arange(len(candidates))
+        else:
+            scored = np.unique(np.concatenate([exposed_positions, *arm_tops.values()]))
+        start = time.perf_counter()
+        objectives = {
+            o: np.asarray(v, dtype=np.float64)
+            for o, v in self.teacher.score_objectives(user, [items[i] for i in scored]).items()
+        }
+        self._teacher_score_s += time.perf_counter() - start
+        combined = sum(w * objectives[o] for o, w in config.teacher_weights.items() if o in objectives)
+        teacher_at = {int(p): k for k, p in enumerate(scored)}
+
+        feedback = self._feedback(request)
+        for arm in self.arms:
+            ranked_positions = np.unique(np.concatenate([exposed_positions, arm_tops[arm.name]]))
+            rows = [teacher_at[int(p)] for p in ranked_positions]
+            order = np.argsort(-combined[rows], kind="stable")
+            ranked = [
+                Ranked(items[ranked_positions[j]].item_id, rank, {o: float(v[rows[j]]) for o, v in objectives.items()})
+                for rank, j in enumerate(order)
+            ]
+            self._arm_batches[arm.name].append(
+                build_request_sample(request.request_id, request.ts_ms, user, items, ranked, feedback, config.labels)
+            )
+        if evaluate:
+            self._evaluate(request, arm_scores, objectives, teacher_at, combined if check_consistency else None)
+        self._teacher_batch.append(self._teacher_sample(request, user))
+        self._learn()
+        self._after(request)
+
+    def _evaluate(self, request, arm_scores, objectives, teacher_at, teacher_full) -> None:
+        position = {item_id: p for p, item_id in enumerate(dict.fromkeys(request.item_ids))}
+        click_logits = objectives.get("click")
+        long_view_logits = objectives.get("long_view")
+        for exposure in request.exposures:
+            p = position[exposure.item_id]
+            if click_logits is not None and long_view_logits is not None:
+                row = teacher_at[p]
+                self.teacher_feedback.add(
+                    request.user_id, exposure.click, exposure.long_view,
+                    float(click_logits[row]), float(long_view_logits[row]),
+                )  # fmt: skip
+            for name, scores in arm_scores.items():
+                self.feedback[name].add(request.user_id, exposure.click, exposure.long_view, scores[p], scores[p])
+        if teacher_full is not None:
+            for name, scores in arm_scores.items():
+                self.consistency[name].add(teacher_full, scores)
+        self.counts["eval_requests"] += 1
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict:
+        config = self.config
+        started = time.perf_counter()
+        requests = group_requests(self.dataset.exposures, config.request_gap_ms)
+        replay_requests = sum(1 for r in requests if r.ts_ms >= config.train_until_ms)
+        rate = sample_rate(replay_requests, config.max_requests)
+        phase_start = time.perf_counter()
+        prefit_s = 0.0
+        in_prefit = True
+        for request in requests:
+            if request.ts_ms < config.train_until_ms:
+                self._prefit(request)
+                continue
+            if in_prefit:
+                self._learn(force=True)
+                prefit_s, phase_start, in_prefit = time.perf_counter() - phase_start, time.perf_counter(), False
+            if not user_in_sample(request.user_id, rate, config.seed):
+                self._teacher_batch.append(self._teacher_sample(request, self._snapshot(request)))
+                self._learn()
+                self._after(request)
+                self.counts["skipped_users_requests"] += 1
+                continue
+            self._replay(request, evaluate=request.ts_ms >= config.eval_from_ms)
+            self.counts["replay_requests"] += 1
+        self._learn(force=True)
+        replay_s = time.perf_counter() - phase_start if not in_prefit else 0.0
+        build_us = 1e6 * np.asarray(self._candidate_build_s or [np.nan])
+        return {
+            "sampling": {
+                "requests_total": len(requests),
+                "requests_in_replay_period": replay_requests,
+                "user_sample_rate": rate,
+                **self.counts,
+            },
+            "arms": {
+                arm.name: {
+                    **self.feedback[arm.name].summary(),
+                    **self.consistency[arm.name].summary(),
+                    **arm.report(),
+                }
+                for arm in self.arms
+            },
+            "teacher": {
+                **self.teacher_feedback.summary(),
+                "score_ms_per_request": 1e3 * self._teacher_score_s / max(1, self.counts["replay_requests"]),
+                "learn_s": self._teacher_learn_s,
+            },
+            "timing": {
+                "prefit_s": prefit_s,
+                "replay_s": replay_s,
+                "total_s": time.perf_counter() - started,
+                "candidate_build_us_median": float(np.median(build_us)),
+                "candidate_build_us_p99": float(np.percentile(build_us, 99)),
+            },
+            "config": _jsonable(asdict(config)),
+        }
+
+
+def _jsonable(value):
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
