@@ -58,6 +58,7 @@ class DynamicIdMap:
         self._id_of: list[str | None] = [None]
         self._free: list[int] = []
         self._pending: dict[str, list[int]] = {}  # id -> [sightings, last seen]
+        self._pending_swept_at = -(2**62)
         self._last_seen = np.zeros(16, dtype=np.int64)
         self._evicted_rows: list[int] = []
         self._evicted_ids: list[str] = []
@@ -140,14 +141,15 @@ class DynamicIdMap:
 
         Returns the evicted ids (they are also queued for :meth:`take_evicted`).
         """
-        if ttl is None or not self._row_of:
+        if ttl is None:
             return []
-        live = self._live_rows()
-        stale = live[self._last_seen[live] < now - ttl]
-        if self._pending:
-            cutoff = now - ttl
+        cutoff = now - ttl
+        # Forgetting pending ids is a Python loop: do it once per eighth of a TTL, not per call.
+        if self._pending and now - self._pending_swept_at >= max(1, ttl // 8):
             self._pending = {k: v for k, v in self._pending.items() if v[1] >= cutoff}
-        return self._evict_rows(stale)
+            self._pending_swept_at = now
+        live = self._live_rows()
+        return self._evict_rows(live[self._last_seen[live] < cutoff])
 
     def _evict_over_capacity(self, now: int) -> None:
         # Rows touched at ``now`` may belong to the batch being looked up: never evict them,

@@ -1,0 +1,120 @@
+"""Scoring latency for 1000 candidates: cached item vectors vs the naive item tower.
+
+Fast path (what the scorer does): the user tower once, one dict lookup per candidate id into a
+cache of item vectors (an ``(n, d)`` float32 matrix), one matmul, ``np.argpartition`` top-k.
+Naive path: the item tower over every candidate of every request, then the same matmul and
+top-k. Both run in the same process on the same requests (default model sizes, a briefly
+trained student); the JSON reports p50/p99 in ms and ``speedup`` = naive p99 / fast p99.
+
+    python -m bench.score --json score.json          # or: prerank bench score --json PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.learner import StudentLearner
+from models.synthetic import SyntheticRequests
+from models.two_tower import TwoTowerConfig
+
+
+def top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest logits, best first."""
+    if k >= logits.shape[0]:
+        return np.argsort(-logits)
+    best = np.argpartition(-logits, k - 1)[:k]
+    return best[np.argsort(-logits[best])]
+
+
+def percentiles(samples_s: list[float]) -> tuple[float, float]:
+    ms = np.asarray(samples_s) * 1000.0
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def measure(candidates: int, k: int, requests: int, naive_requests: int, seed: int) -> dict:
+    generator = SyntheticRequests(seed=seed, n_items=max(5_000, 2 * candidates))
+    learner = StudentLearner(TwoTowerConfig(min_count=1))
+    for _ in range(5):
+        learner.learn_many(generator.batch(32))
+    catalog = [generator.item(i) for i in range(generator.n_items)]
+    cache_rows = {item.item_id: row for row, item in enumerate(catalog)}
+    cache = np.ascontiguousarray(learner.item_vectors(catalog), dtype=np.float32)
+
+    rng = np.random.default_rng(seed)
+    users = [generator.user(int(u)) for u in rng.integers(0, generator.n_users, requests)]
+    requests_items = [
+        [catalog[i] for i in rng.choice(len(catalog), candidates, replace=False)] for _ in range(requests)
+    ]
+
+    def fast(user, items):
+        user_vector = learner.user_vector(user)
+        rows = np.fromiter((cache_rows[item.item_id] for item in items), dtype=np.int64, count=len(items))
+        return top_k(learner.logits_from_vectors(user_vector, cache[rows]), k)
+
+    def naive(user, items):
+        user_vector = learner.user_vector(user)
+        return top_k(learner.logits_from_vectors(user_vector, learner.item_vectors(items)), k)
+
+    for path in (fast, naive):  # warm-up
+        path(users[0], requests_items[0])
+    agree = all(
+        np.array_equal(fast(u, items), naive(u, items)) for u, items in zip(users[:5], requests_items[:5])
+    )
+    fast_times, naive_times = [], []
+    for index, (user, items) in enumerate(zip(users, requests_items)):
+        start = time.perf_counter()
+        fast(user, items)
+        fast_times.append(time.perf_counter() - start)
+        if index < naive_requests:
+            start = time.perf_counter()
+            naive(user, items)
+            naive_times.append(time.perf_counter() - start)
+    p50, p99 = percentiles(fast_times)
+    naive_p50, naive_p99 = percentiles(naive_times)
+    return {
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "naive_p50_ms": naive_p50,
+        "naive_p99_ms": naive_p99,
+        "speedup": naive_p99 / p99,
+        "speedup_p50": naive_p50 / p50,
+        "candidates": candidates,
+        "k": k,
+        "requests": requests,
+        "naive_requests": naive_requests,
+        "output_dim": learner.config.output_dim,
+        "top_k_agree": agree,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.score", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write the result to this file")
+    parser.add_argument("--quick", action="store_true", help="few requests (CI)")
+    parser.add_argument("--candidates", type=int, default=1000)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--naive-requests", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    requests, naive_requests = (50, 20) if args.quick else (args.requests, args.naive_requests)
+    result = measure(args.candidates, args.k, requests, naive_requests, args.seed)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Export round trip, pruning of all-zero rows, size report and malformed files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.exceptions import ExportError
+from models.export import export_bytes, export_file, load_student_bytes, load_student_file, size_report
+from models.features import ItemFeatures, UserFeatures
+from models.ftrl import FTRLConfig
+from models.learner import StudentLearner
+
+
+@pytest.fixture
+def trained(small_config, stream):
+    learner = StudentLearner(small_config, ftrl=FTRLConfig(l1=1.0))
+    for _ in range(6):
+        learner.learn_many(stream.batch(16))
+    return learner
+
+
+def _requests(stream, n=5):
+    return [(s.user, list(s.items)) for s in stream.batch(n)] + [
+        (UserFeatures("unseen-user", history_items=("nope",)), [ItemFeatures("unseen", "a-new", ("t-new",))]),
+    ]
+
+
+@pytest.mark.parametrize("prune", [True, False])
+def test_loaded_model_scores_exactly_like_the_live_model(trained, stream, prune):
+    served = load_student_bytes(export_bytes(trained, prune=prune))
+    for user, items in _requests(stream):
+        np.testing.assert_array_equal(served.score(user, items), trained.score(user, items))
+        np.testing.assert_array_equal(served.item_vectors(items), trained.item_vectors(items))
+
+
+def test_pruned_ids_read_a_zero_row_not_the_fallback_row(trained):
+    item_table = trained.student.tables["item"]
+    rows, is_zero = item_table.zero_rows_mask()
+    assert is_zero.any(), "the fixture must leave some zero rows"
+    item_table.weight[0] = 1.0  # make the fallback row distinguishable from a zero row
+    zero_id = [raw for raw, _ in item_table.id_map.items()][int(np.flatnonzero(is_zero)[0])]
+    served = load_student_bytes(export_bytes(trained))
+    assert torch.count_nonzero(served.tables["item"].weight[served.tables["item"].id_map.row(zero_id)]) == 0
+    items = [ItemFeatures(zero_id), ItemFeatures("never-seen")]
+    np.testing.assert_array_equal(served.item_vectors(items), trained.item_vectors(items))
+
+
+def test_size_report_counts_the_dropped_rows(trained):
+    report = size_report(trained)
+    rows_total = sum(len(t.id_map) for t in trained.student.tables.values())
+    zero_rows = sum(int(t.zero_rows_mask()[1].sum()) for t in trained.student.tables.values())
+    assert report["rows_before"] == rows_total and report["rows_after"] == rows_total - zero_rows
+    assert report["bytes_before"] - report["bytes_after"] >= zero_rows * trained.config.embedding_dim * 4
+    assert report["reduction"] == pytest.approx(1 - report["bytes_after"] / report["bytes_before"])
+
+
+def test_file_variants(trained, tmp_path, stream):
+    size = export_file(trained, tmp_path / "model.safetensors")
+    assert size == (tmp_path / "model.safetensors").stat().st_size
+    served = load_student_file(tmp_path / "model.safetensors")
+    user, items = _requests(stream, 1)[0]
+    np.testing.assert_array_equal(served.score(user, items), trained.score(user, items))
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00" * 16, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}xxxxxxx"])
+def test_malformed_bytes_raise_export_error(data):
+    with pytest.raises(ExportError):
+        load_student_bytes(data)
+
+
+def test_checkpoint_is_not_an_export(trained):
+    with pytest.raises(ExportError):
+        load_student_bytes(trained.to_bytes())
+
+
+def test_exporting_something_else_raises():
+    with pytest.raises(ExportError):
+        export_bytes(object())

@@ -1,0 +1,118 @@
+"""Finite-difference gradient checks and shape contracts of the two-tower student."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.features import ItemFeatures, UserFeatures
+from models.sparse import SparseLookup
+from models.two_tower import TwoTowerConfig, TwoTowerStudent
+
+USERS = [
+    UserFeatures("u1", profile={"g": "1"}, tab=1, hour=3, history_items=("i1", "i2"), history_tags=("t1",)),
+    UserFeatures("u2", history_authors=("a1",), session_items=("i2",), session_length=4),
+]
+ITEMS = [ItemFeatures("i1", "a1", ("t1", "t2"), 30_000), ItemFeatures("i2", "a2", (), 0), ItemFeatures("i3")]
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def _student_with_random_rows(seed: int) -> TwoTowerStudent:
+    student = TwoTowerStudent(TwoTowerConfig(embedding_dim=3, hidden_sizes=(5, 4), output_dim=6, min_count=1, seed=seed))
+    lookup = SparseLookup(student.tables, now=0, learn=True)
+    student.encode_users(USERS, lookup)
+    student.encode_items(ITEMS, lookup)
+    generator = torch.Generator().manual_seed(seed)
+    for table in student.tables.values():
+        table.weight.copy_(torch.randn(table.weight.shape, generator=generator))
+    return student
+
+
+def _loss(student: TwoTowerStudent, lookup: SparseLookup) -> torch.Tensor:
+    users = student.encode_users(USERS, lookup)
+    items = student.encode_items(ITEMS, lookup)
+    logits = student.pair_logits(users[[0, 0, 1, 1]], items[[0, 1, 1, 2]])
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([1.0, 0.0, 1.0, 0.0]))
+
+
+def test_dense_gradients_match_finite_differences(float64):
+    student = _student_with_random_rows(seed=1)
+    lookup = SparseLookup(student.tables, now=0, learn=False)
+    _loss(student, lookup).backward()
+    eps = 1e-6
+    for name, parameter in student.named_parameters():
+        flat = parameter.data.view(-1)
+        for index in range(0, flat.numel(), max(1, flat.numel() // 7)):
+            original = float(flat[index])
+            with torch.no_grad():
+                flat[index] = original + eps
+                plus = float(_loss(student, lookup))
+                flat[index] = original - eps
+                minus = float(_loss(student, lookup))
+                flat[index] = original
+            numeric = (plus - minus) / (2 * eps)
+            assert float(parameter.grad.view(-1)[index]) == pytest.approx(numeric, rel=1e-4, abs=1e-8), name
+
+
+def test_embedding_row_gradients_match_finite_differences(float64):
+    student = _student_with_random_rows(seed=2)
+    lookup = SparseLookup(student.tables, now=0, learn=True)
+    _loss(student, lookup).backward()
+    row_grads = lookup.row_grads()
+    eps = 1e-6
+    for name in ("item", "tag", "author", "profile", "context", "user"):
+        rows, grads = row_grads[name]
+        table = student.tables[name]
+        for k in range(rows.shape[0]):
+            for d in range(table.dim):
+                row = int(rows[k])
+                original = float(table.weight[row, d])
+                table.weight[row, d] = original + eps
+                plus = float(_loss(student, SparseLookup(student.tables, 0, learn=False)))
+                table.weight[row, d] = original - eps
+                minus = float(_loss(student, SparseLookup(student.tables, 0, learn=False)))
+                table.weight[row, d] = original
+                assert float(grads[k, d]) == pytest.approx((plus - minus) / (2 * eps), rel=1e-4, abs=1e-8), name
+
+
+def test_vectors_are_unit_and_logits_match_temperature_cosine():
+    student = _student_with_random_rows(seed=3)
+    user = student.user_vector(USERS[0])
+    items = student.item_vectors(ITEMS)
+    assert user.shape == (6,) and items.shape == (3, 6)
+    assert user.dtype == np.float32 and items.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(items, axis=1), 1.0, rtol=1e-5)
+    temperature, bias = student.scalars()
+    cosine = items @ user / (np.linalg.norm(items, axis=1) * np.linalg.norm(user))
+    np.testing.assert_allclose(student.score(USERS[0], ITEMS), temperature * cosine + bias, rtol=1e-5, atol=1e-5)
+    assert student.item_vectors([]).shape == (0, 6)
+
+
+def test_scoring_does_not_admit_or_touch_ids():
+    student = _student_with_random_rows(seed=4)
+    before = {name: table.id_map.items() for name, table in student.tables.items()}
+    student.score(UserFeatures("stranger", history_items=("never-seen",)), [ItemFeatures("new", "a9", ("t9",))])
+    assert {name: table.id_map.items() for name, table in student.tables.items()} == before
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    config = TwoTowerConfig(embedding_dim=2, hidden_sizes=(4,), output_dim=3, seed=5)
+    a, b = TwoTowerStudent(config), TwoTowerStudent(config)
+    c = TwoTowerStudent(TwoTowerConfig(embedding_dim=2, hidden_sizes=(4,), output_dim=3, seed=6))
+    for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert not torch.equal(a.user_tower[0].weight, c.user_tower[0].weight)
+
+
+def test_tower_depth_follows_the_config():
+    student = TwoTowerStudent(TwoTowerConfig(embedding_dim=2, hidden_sizes=(4, 4), output_dim=7))
+    linears = [m for m in student.user_tower if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 3 and linears[-1].out_features == 7
