@@ -73,3 +73,27 @@ def tables_from_tensors(
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def dense_to_tensors(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Module weights (``dense.*``) and per-parameter optimiser state (``optim.<param>.<key>``)."""
+    tensors = {f"dense.{name}": value.detach().contiguous() for name, value in module.state_dict().items()}
+    for name, parameter in module.named_parameters():
+        for key, value in optimizer.state.get(parameter, {}).items():
+            tensors[f"optim.{name}.{key}"] = torch.as_tensor(value).reshape(-1).contiguous()
+    return tensors
+
+
+def dense_from_tensors(
+    module: torch.nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
+) -> None:
+    """Inverse of :func:`dense_to_tensors` (the optimiser must be built over ``module``)."""
+    module.load_state_dict({k[len("dense."):]: v for k, v in tensors.items() if k.startswith("dense.")})
+    for name, parameter in module.named_parameters():
+        prefix = f"optim.{name}."
+        state = {
+            key[len(prefix):]: value.reshape(()) if value.numel() == 1 and key.endswith(".step") else value.reshape(parameter.shape)
+            for key, value in tensors.items() if key.startswith(prefix)
+        }
+        if state:
+            optimizer.state[parameter] = state

@@ -31,7 +31,10 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from models.checkpoint import dumps, schedule_from_dict, schedule_to_dict, tables_from_tensors, tables_to_tensors
+from models.checkpoint import (
+    dense_from_tensors, dense_to_tensors, dumps, schedule_from_dict, schedule_to_dict, tables_from_tensors,
+    tables_to_tensors,
+)
 from models.exceptions import ExportError
 from models.features import ItemFeatures, RequestSample, UserFeatures
 from models.ftrl import FTRLConfig, FTRLProximal
@@ -178,13 +181,7 @@ class StudentLearner:
 
     def to_bytes(self) -> bytes:
         tensors, tables_meta = tables_to_tensors(self.student.tables)
-        names = dict(self.student.named_parameters())
-        for name, value in self.student.state_dict().items():
-            tensors[f"dense.{name}"] = value.contiguous()
-        for name, parameter in names.items():
-            state = self.dense_optimizer.state.get(parameter, {})
-            for key, value in state.items():
-                tensors[f"adagrad.{name}.{key}"] = torch.as_tensor(value).reshape(-1).contiguous()
+        tensors.update(dense_to_tensors(self.student, self.dense_optimizer))
         metadata = {
             "format": CHECKPOINT_FORMAT,
             "config": dumps(self.config.to_dict()),
@@ -226,15 +223,7 @@ class StudentLearner:
             FTRLConfig(**info["ftrl"]), float(info["dense_lr"]),
         )
         learner.student.tables = tables_from_tensors(tensors, json.loads(metadata["tables"]))
-        learner.student.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("dense.")})
-        for name, parameter in learner.student.named_parameters():
-            state = {}
-            for key in ("step", "sum"):
-                value = tensors.get(f"adagrad.{name}.{key}")
-                if value is not None:
-                    state[key] = value.reshape(()) if key == "step" else value.reshape(parameter.shape)
-            if state:
-                learner.dense_optimizer.state[parameter] = state
+        dense_from_tensors(learner.student, learner.dense_optimizer, tensors)
         learner.step = int(info["step"])
         learner.clock_ms = int(info["clock_ms"])
         learner._evicted_item_ids = list(info["evicted_item_ids"])

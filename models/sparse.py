@@ -50,8 +50,8 @@ class SparseLookup:
         self.learn = learn
         self._leaves: list[tuple[str, torch.Tensor, torch.Tensor]] = []
 
-    def pool(self, table_name: str, id_lists: Sequence[Sequence[str]]) -> torch.Tensor:
-        """Mean of each list's rows: shape ``(len(id_lists), dim)``."""
+    def pool(self, table_name: str, id_lists: Sequence[Sequence[str]], mode: str = "mean") -> torch.Tensor:
+        """Mean (or ``mode="sum"``) of each list's rows: shape ``(len(id_lists), dim)``."""
         table = self.tables.get(table_name)
         if table is None:
             raise InputError(f"unknown embedding table {table_name!r}")
@@ -68,7 +68,7 @@ class SparseLookup:
         if self.learn:
             leaf.requires_grad_(True)
             self._leaves.append((table_name, unique_rows, leaf))
-        return F.embedding_bag(inverse, leaf, offsets, mode="mean")
+        return F.embedding_bag(inverse, leaf, offsets, mode=mode)
 
     def row_grads(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per table, unique rows ``(k,)`` and summed gradients ``(k, dim)`` of all leaves.
