@@ -1,0 +1,131 @@
+"""The Ranker contract, run over every model: student, both teachers and the three baselines."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+
+from models.baselines import GlobalCTR, LogisticFTRL, OnlineTree
+from models.features import ItemFeatures, RequestSample, UserFeatures
+from models.learner import StudentLearner
+from models.losses import StudentObjective
+from models.protocol import Ranker
+from models.synthetic import SyntheticRequests
+from models.teacher import TeacherConfig, TeacherLearner
+from models.two_tower import TwoTowerConfig
+
+FACTORIES = {
+    "student-cascade": lambda: StudentLearner(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=8, min_count=1)),
+    "student-distill": lambda: StudentLearner(
+        TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=8, min_count=2), StudentObjective("distill")
+    ),
+    "teacher-wide-deep": lambda: TeacherLearner(TeacherConfig("wide_deep", embedding_dim=4, hidden_sizes=(8,))),
+    "teacher-mmoe": lambda: TeacherLearner(TeacherConfig("mmoe", embedding_dim=4, expert_sizes=(8, 4), tower_hidden=4)),
+    "global-ctr": GlobalCTR,
+    "logistic-ftrl": LogisticFTRL,
+    "online-tree": lambda: OnlineTree(grace_period=20),
+}
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def factory(request):
+    return FACTORIES[request.param]
+
+
+def _batches(seed: int = 3, n: int = 3) -> list[list[RequestSample]]:
+    generator = SyntheticRequests(seed=seed, n_users=50, n_items=120, items_per_request=6)
+    return [generator.batch(8) for _ in range(n)]
+
+
+def _probe() -> tuple[UserFeatures, list[ItemFeatures]]:
+    generator = SyntheticRequests(seed=3, n_users=50, n_items=120, items_per_request=6)
+    return generator.user(1), [generator.item(i) for i in range(10)]
+
+
+def _train(model, batches) -> None:
+    for batch in batches:
+        metrics = model.learn_many(batch)
+        assert math.isfinite(metrics["loss"])
+
+
+def test_implements_the_protocol(factory):
+    assert isinstance(factory(), Ranker)
+
+
+def test_scores_are_float32_logits_of_the_right_shape(factory):
+    model = factory()
+    _train(model, _batches())
+    user, items = _probe()
+    scores = model.score(user, items)
+    assert scores.dtype == np.float32 and scores.shape == (len(items),)
+    assert np.isfinite(scores).all()
+    assert model.score(user, []).shape == (0,)
+
+
+def test_inputs_are_not_mutated(factory):
+    batches = _batches()
+    for batch in batches:  # mutable containers inside frozen records are the risk
+        for k, sample in enumerate(batch):
+            batch[k] = RequestSample(**{**sample.__dict__, "teacher_logits": dict(sample.teacher_logits)})
+    snapshot = copy.deepcopy(batches)
+    model = factory()
+    _train(model, batches)
+    user, items = _probe()
+    items_snapshot = copy.deepcopy(items)
+    model.score(user, items)
+    assert batches == snapshot and items == items_snapshot
+
+
+def test_save_load_round_trip_scores_and_keeps_learning_identically(factory, tmp_path):
+    model = factory()
+    batches = _batches(n=4)
+    _train(model, batches[:3])
+    model.save(tmp_path / "model")
+    restored = type(model).load(tmp_path / "model")
+    user, items = _probe()
+    np.testing.assert_array_equal(restored.score(user, items), model.score(user, items))
+    model.learn_many(batches[3])
+    restored.learn_many(batches[3])
+    np.testing.assert_array_equal(restored.score(user, items), model.score(user, items))
+
+
+def test_unseen_ids_get_finite_scores(factory):
+    model = factory()
+    _train(model, _batches())
+    user = UserFeatures("never-seen", profile={"nope": "x"}, history_items=("ghost",), history_authors=("ghost-a",))
+    scores = model.score(user, [ItemFeatures("ghost", "ghost-a", ("ghost-t",), 1_000), ItemFeatures("ghost2")])
+    assert np.isfinite(scores).all()
+
+
+def test_missing_optional_features(factory):
+    model = factory()
+    bare_items = (ItemFeatures("i1"), ItemFeatures("i2", tags=("t1",)), ItemFeatures("i3", author_id="a1"))
+    sample = RequestSample(
+        "r", 1, UserFeatures("u"), bare_items, cascade=(1, 0, 0), click=(1, 0, -1),
+        long_view=(0, -1, -1), like=(-1, -1, -1),
+    )
+    metrics = model.learn_many([sample])
+    assert math.isfinite(metrics["loss"])
+    assert np.isfinite(model.score(UserFeatures("u"), bare_items)).all()
+    assert math.isfinite(model.learn_many([])["loss"])
+
+
+def test_seeded_determinism(factory):
+    first, second = factory(), factory()
+    _train(first, _batches())
+    _train(second, _batches())
+    user, items = _probe()
+    np.testing.assert_array_equal(first.score(user, items), second.score(user, items))
+
+
+def test_scoring_does_not_change_the_model(factory):
+    model = factory()
+    batches = _batches(n=4)
+    _train(model, batches[:3])
+    user, items = _probe()
+    before = model.score(user, items)
+    model.score(UserFeatures("other"), [ItemFeatures("other-item", "x", ("y",))])
+    np.testing.assert_array_equal(model.score(user, items), before)
