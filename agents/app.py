@@ -54,6 +54,7 @@ def broker_credentials(kafka: KafkaSettings):
 
 def create_faust_app(settings: Settings, app_id: str | None = None, web_port: int | None = None) -> faust.App:
     worker = settings.worker
+    worker.data_dir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         app_id or worker.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],

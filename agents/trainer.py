@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ from models.two_tower import TwoTowerConfig
 from monitoring.lag import consumer_lag, record_consumer_lag
 from monitoring.metrics import PrerankMetrics
 from prerank.settings import Settings
+from replay.metrics import auc
 from streams import training_samples
 from streams.exceptions import RecordError
 
@@ -50,6 +52,33 @@ def new_learner(settings: Settings) -> StudentLearner:
         output_dim=model.output_dim, min_count=model.min_count, seed=model.seed,
     )
     return StudentLearner(config, objective=StudentObjective(mode=model.mode))
+
+
+class ProgressiveAUC:
+    """Exact AUC of the student on exposed items, scored before it learns them, over a window."""
+
+    LABELS = ("click", "long_view")
+
+    def __init__(self, window: int = 5000) -> None:
+        self.pairs = {label: deque(maxlen=window) for label in self.LABELS}
+
+    def observe(self, learner, samples) -> None:
+        for sample in samples:
+            exposed = [i for i, shown in enumerate(sample.exposed()) if shown]
+            if not exposed:
+                continue
+            scores = learner.score(sample.user, [sample.items[i] for i in exposed])
+            for label in self.LABELS:
+                values = getattr(sample, label)
+                self.pairs[label].extend((values[i], float(s)) for i, s in zip(exposed, scores))
+
+    def aucs(self) -> dict[str, float]:
+        out = {}
+        for label, pairs in self.pairs.items():
+            labels = [y for y, _ in pairs]
+            if 0 < sum(labels) < len(labels):
+                out[label] = auc(labels, [s for _, s in pairs])
+        return out
 
 
 @dataclass
@@ -78,6 +107,7 @@ class Trainer:
                                        ttl_s=worker.version_ttl_s)
             self.publisher.version = self.state.counters.get("version", 0)
         self.topic = runtime.topic_name("training_samples")
+        self.progressive = ProgressiveAUC()
         self._dirty = False
         self._last_checkpoint = time.monotonic()
         self._last_publish = 0.0
@@ -103,6 +133,7 @@ class Trainer:
 
     def learn(self, records: list) -> dict[str, float]:
         samples = [sample_from_record(record) for record in records]
+        self.progressive.observe(self.state.learner, samples)  # score before learning
         started = time.perf_counter()
         result = self.state.learner.learn_many(samples)
         self.metrics.trainer_batch_seconds.observe(time.perf_counter() - started)
@@ -120,7 +151,12 @@ class Trainer:
         self.metrics.published_versions_total.inc()
         self.metrics.publish_deleted_items_total.inc(meta["deleted"])
         self.metrics.set_model_version("publisher", meta["version"], meta["created_at_ms"] / 1000)
-        self.metrics.embedding_zero_rows_ratio.set(learner.zero_row_ratio())
+        for name, table in learner.student.tables.items():
+            self.metrics.embedding_rows.labels(table=name).set(len(table.id_map))
+            self.metrics.embedding_zero_rows_ratio.labels(table=name).set(table.zero_row_ratio())
+        self.metrics.embedding_evictions_total.labels(table="item").inc(meta["deleted"])
+        for label, value in self.progressive.aucs().items():
+            self.metrics.set_progressive_auc(label, value)
 
     async def run(self) -> None:
         kafka = self.settings.kafka
@@ -154,24 +190,21 @@ class Trainer:
                     self.state.counters["records"] += len(records)
                     self.state.counters["samples"] += n_samples
                     self.metrics.trainer_samples_total.labels(mode=self.settings.model.mode).inc(n_samples)
-                    self.metrics.trainer_loss.set(result["loss"])
+                    self.metrics.trainer_loss.labels(mode=self.settings.model.mode).set(result["loss"])
                 if batches:
                     self._dirty = True
                 await self._maybe_publish_and_checkpoint(loop)
                 await self._maybe_record_lag(consumer)
         finally:
-            await consumer.stop()
+            # Runs on SIGTERM too (Faust cancels the task): the queued learn step finishes first,
+            # then the final checkpoint is written; blocking here is fine at shutdown.
             if self._dirty:
-                await loop.run_in_executor(self.executor, self.checkpoint)
+                self.executor.submit(self.checkpoint).result()
+            await consumer.stop()
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[int]:
-        for _ in range(100):
-            partitions = consumer.partitions_for_topic(self.topic)
-            if partitions:
-                break
-            await consumer.force_metadata_update()
-            await asyncio.sleep(0.2)
-        else:
+        partitions = await asyncio.get_running_loop().run_in_executor(None, self._partitions)
+        if not partitions:
             raise RuntimeError(f"topic {self.topic} has no partitions; run `prerank topics create`")
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
@@ -181,6 +214,16 @@ class Trainer:
             else:
                 await consumer.seek_to_beginning(tp)
         return sorted(partitions)
+
+    def _partitions(self) -> list[int]:
+        from kafka.admin import KafkaAdminClient
+
+        admin = KafkaAdminClient(**self.settings.kafka.kafka_python_config(), client_id="prerank-trainer")
+        try:
+            described = admin.describe_topics([self.topic])
+        finally:
+            admin.close()
+        return [p["partition_index"] for t in described for p in t.get("partitions", [])]
 
     async def _decode(self, message):
         try:
@@ -227,10 +270,13 @@ def install(runtime: Runtime, metrics: PrerankMetrics, publish: bool = True) -> 
 
     @runtime.app.task
     async def train():
-        await trainer.run()
-
-    @runtime.app.on_shutdown.connect
-    async def stop_training(app, **kwargs):
-        trainer.stop()
+        try:
+            await trainer.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A trainer that cannot train must take its worker down loudly, not idle silently.
+            log.exception("trainer crashed")
+            await runtime.app.crash(exc)
 
     return trainer

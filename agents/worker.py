@@ -77,7 +77,7 @@ def run_worker(settings: Settings, agents: list[str], extra: list[str] | None = 
     runtime, _, _ = build(settings, chosen, web_port=web_port)
     server = serve_metrics(REGISTRY, settings.worker.metrics_port + index, settings.worker.metrics_host)
     log.info("worker %s: agents %s, metrics on :%d", runtime.app.conf.id, sorted(chosen), server.port)
-    sys.argv = ["prerank-worker", "worker", "--loglevel", "warn", "--web-port", str(web_port),
+    sys.argv = ["prerank-worker", "worker", "--web-port", str(web_port),
                 "--web-host", settings.worker.web_host, *(extra or [])]
     try:
         runtime.app.main()

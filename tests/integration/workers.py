@@ -34,6 +34,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "WORKER__JOIN_WINDOW_S": settings.worker.join_window_s,
         "WORKER__WEB_PORT": settings.worker.web_port,
         "WORKER__METRICS_PORT": settings.worker.metrics_port,
+        "WORKER__VECTOR_DTYPE": settings.worker.vector_dtype,
         "MODEL__HIDDEN_DIM": settings.model.hidden_dim,
         "MODEL__OUTPUT_DIM": settings.model.output_dim,
         "MODEL__MIN_COUNT": settings.model.min_count,
