@@ -182,3 +182,138 @@ def _samples(n: int):
             like=(0,) + (-1,) * 11,
         ))
     return out
+
+
+def test_malformed_records_on_every_input_topic_become_dead_letters(stack_settings, tmp_path):
+    from streams import dead_letters
+
+    bad = {
+        "rank_scores": b'{"v": 1, "request_id": "r", "user_id": "u", "ts_ms": 1, "items": []}',
+        "impressions": b"\xc3\x28 not utf-8",
+        "score_requests": b'{"v": 1, "request_id": "r", "user_id": "u", "ts_ms": 1, "candidates": "abc"}',
+        "training_samples": b'{"v": 1, "request_id": "r"}',
+        "item_catalog": b"[]",
+        "user_profiles": b'{"v": 7, "user_id": "u"}',
+    }
+    serving = Worker(stack_settings, "history,joiner,scorer", tmp_path / "serving.log")
+    trainer = Worker(stack_settings, "trainer", tmp_path / "trainer.log", index=1)
+    try:
+        for topic, value in bad.items():
+            send_all(stack_settings, topic, [(b"u", value)])
+        letters = read_topic(stack_settings, "dead_letters", expected=len(bad) + 1, timeout_s=90, idle_s=2,
+                             workers=[serving, trainer])
+        assert serving.alive() and trainer.alive()
+    finally:
+        serving.stop()
+        trainer.stop()
+    decoded = [dead_letters.CODEC.decode(m.value) for m in letters]
+    by_source = {}
+    for letter in decoded:
+        by_source.setdefault(letter.source_topic, []).append(letter)
+    from agents.app import TOPIC_MODULES
+
+    for topic, value in bad.items():
+        name = stack_settings.topics.name(TOPIC_MODULES[topic].TOPIC.name)
+        assert name in by_source, f"no dead letter for {name}"
+        for letter in by_source[name]:
+            assert letter.value() == value and letter.reason and letter.offset >= 0
+    # impressions feed two agents (history and joiner): each reports its own dead letter
+    impressions_name = stack_settings.topics.name("impressions")
+    assert {letter.agent for letter in by_source[impressions_name]} == {"history", "joiner"}
+
+
+def test_two_scorer_workers_share_partitions_and_answer_every_request(stack_settings, tmp_path):
+    from streams import score_requests, score_responses
+    from streams.score_requests import ScoreRequest
+
+    requests = [ScoreRequest(request_id=f"r{n}", user_id=f"user-{n % 23}", ts_ms=T0 + n,
+                             candidates=["a", "b"], k=1) for n in range(200)]
+    first = Worker(stack_settings, "scorer", tmp_path / "scorer-0.log", index=0)
+    second = Worker(stack_settings, "scorer", tmp_path / "scorer-1.log", index=1)
+    try:
+        import time
+
+        time.sleep(12)  # both join the group before the load starts
+        send_all(stack_settings, "score_requests",
+                 [(r.user_id.encode(), score_requests.CODEC.encode(r)) for r in requests])
+        out = read_topic(stack_settings, "score_responses", expected=len(requests), timeout_s=90,
+                         workers=[first, second])
+        served = [scraped(stack_settings.worker.metrics_port + i, "prerank_scorer_requests_total") for i in (0, 1)]
+    finally:
+        first.stop()
+        second.stop()
+    answered = sorted(score_responses.CODEC.decode(m.value).request_id for m in out)
+    assert answered == sorted(r.request_id for r in requests)
+    assert all(count > 0 for count in served), served  # both workers own partitions and answer
+    assert sum(served) == len(requests)
+
+
+def scraped(port: int, metric: str) -> float:
+    """A metric's value (summed over labels) from a worker's /metrics endpoint."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(body)
+               for sample in family.samples if sample.name == metric)
+
+
+def test_scorer_survives_redis_outage_from_its_local_tier_and_returns_to_the_cache(stack_settings, tmp_path):
+    import time
+
+    from agents.store import ModelStore
+    from models.export import export_bytes
+    from models.learner import StudentLearner
+    from prerank.stack import Redis
+    from streams import score_requests, score_responses
+    from streams.score_requests import ScoreRequest
+    from tests.conftest import free_port
+
+    data = stack_settings.model_dump()
+    data["stack"] = {**data["stack"], "home": tmp_path / "stack", "redis_port": free_port()}
+    data["redis"] = {**data["redis"], "url": f"redis://127.0.0.1:{data['stack']['redis_port']}/0"}
+    settings = type(stack_settings)(**data)
+    redis_service = Redis("redis", settings)
+    redis_service.start()
+    redis_service.wait_ready(20)
+
+    def publish() -> None:
+        from agents.serving import redis_client
+
+        learner = StudentLearner()
+        items = [f"i{j}" for j in range(40)]
+        from models.features import ItemFeatures
+
+        vectors = learner.item_vectors([ItemFeatures(i) for i in items]).astype("float16")
+        ModelStore(redis_client(settings), settings.redis.key_prefix).publish(
+            1, export_bytes(learner), items, vectors, {"created_at_ms": 1, "dtype": "float16"}, ttl_s=600)
+
+    def ask(n: int, candidates: list[str]):
+        request = ScoreRequest(request_id=f"q{n}", user_id="u1", ts_ms=T0 + n, candidates=candidates, k=5)
+        send_all(settings, "score_requests", [(b"u1", score_requests.CODEC.encode(request))])
+        out = read_topic(settings, "score_responses", expected=n, timeout_s=60, idle_s=0.3, workers=[scorer])
+        return score_responses.CODEC.decode(out[-1].value)
+
+    publish()
+    scorer = Worker(settings, "scorer", tmp_path / "scorer.log")
+    try:
+        first = ask(1, [f"i{j}" for j in range(20)])
+        assert first.error is None and first.cache_tiers["redis"] == 20 and not first.degraded
+        redis_service.stop()
+        time.sleep(1.5)
+        during = ask(2, [f"i{j}" for j in range(10, 30)])
+        assert during.error is None and during.model_version == 1
+        assert during.cache_tiers == {"local": 10, "redis": 0, "computed": 10}
+        assert during.degraded and "redis unavailable" in during.degraded[0]
+        redis_service.start()
+        redis_service.wait_ready(20)
+        publish()  # a restarted, empty Redis gets the version again (the publisher's job in production)
+        time.sleep(1.5)
+        after = ask(3, [f"i{j}" for j in range(20, 35)] + ["i5"])
+        assert after.error is None and not after.degraded
+        # computed during the outage and still valid for v1: local; never seen: Redis again
+        assert after.cache_tiers == {"local": 11, "redis": 5, "computed": 0}
+    finally:
+        scorer.stop()
+        redis_service.stop()
