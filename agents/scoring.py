@@ -166,7 +166,9 @@ class Scorer:
         user_vector = self.model.user_vector(user)
         logits = np.asarray(self.model.logits_from_vectors(user_vector, vectors), dtype=np.float32)
         best = top_k(logits, request.k)
+        position = {item_id: i for i, item_id in enumerate(candidates)}
         return ScoreResponse(
+            item_scores={item: float(logits[position[item]]) for item in request.score_items if item in position},
             negatives=self._easy_negatives(request, best),
             request_id=request.request_id, user_id=request.user_id,
             items=[ScoredItem(item_id=candidates[i], score=float(logits[i])) for i in best],

@@ -1,8 +1,8 @@
 """``prerank worker``: one Faust worker process running a chosen set of agents.
 
-Serving agents (catalog, history, joiner, scorer, ranker) share one consumer group, so more
-processes with the same agent set split the partitions. The trainer (with its publisher)
-runs in a group of its own: ``--agents trainer,publisher`` in a second process keeps its CPU
+Serving agents (catalog, history, joiner, scorer) share one consumer group, so more
+processes with the same agent set split the partitions. The simulated fine ranker of the replay
+(``ranker``) and the trainer (with its publisher) run in groups of their own: ``--agents trainer,publisher`` in a second process keeps its CPU
 work away from the scorer's latency. Every worker serves ``/metrics`` on ``worker.metrics_port``.
 """
 
@@ -21,9 +21,10 @@ from prerank.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SERVING = {"catalog", "history", "joiner", "scorer", "ranker"}
+SERVING = {"catalog", "history", "joiner", "scorer"}
+RANKING = {"ranker"}
 TRAINING = {"trainer", "publisher"}
-KNOWN = SERVING | TRAINING
+KNOWN = SERVING | RANKING | TRAINING
 
 
 def plan(agents: list[str]) -> set[str]:
@@ -51,7 +52,9 @@ def build(settings: Settings, agents: set[str], registry=REGISTRY, web_port: int
     from monitoring.metrics import PrerankMetrics
 
     metrics = metrics_from_default_registry() if registry is REGISTRY else PrerankMetrics(registry)
-    app_id = settings.worker.app_id if agents & SERVING else f"{settings.worker.app_id}-trainer"
+    app_id = settings.worker.app_id
+    if not agents & SERVING:  # each role has its own consumer group (see the module docstring)
+        app_id = f"{app_id}-ranker" if agents & RANKING else f"{app_id}-trainer"
     runtime = create_runtime(settings, registry=registry, app_id=app_id, web_port=web_port)
     runtime.metrics = metrics
     enable_faust_sensor(runtime.app, registry)
@@ -63,7 +66,7 @@ def build(settings: Settings, agents: set[str], registry=REGISTRY, web_port: int
     if "ranker" in agents:
         from agents import ranker
 
-        parts["ranker"] = ranker.install(runtime, metrics, parts["serving"])
+        parts["ranker"] = ranker.install(runtime, metrics, parts.get("serving"))
     if "trainer" in agents:
         from agents import trainer
 

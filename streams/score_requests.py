@@ -23,10 +23,11 @@ class ScoreRequest(Record):
     context: RequestContext = RequestContext()
     candidates: list[Id] = Field(min_length=1, max_length=MAX_CANDIDATES)
     k: int = Field(default=100, ge=1)
-    reply_http: bool = False
+    score_items: list[Id] = Field(default_factory=list, max_length=1000)  # also report these candidates' scores
 
     @model_validator(mode="after")
     def _k_within_candidates(self) -> ScoreRequest:
+        # k larger than the candidate list is not an error: the response holds every candidate.
         if self.k > len(self.candidates):
             object.__setattr__(self, "k", len(self.candidates))
         return self

@@ -29,6 +29,7 @@ class ScoreResponse(Record):
     degraded: list[str] = Field(default_factory=list)
     error: str | None = None
     ts_ms: int = Field(default=0, ge=0)
+    item_scores: dict[str, float] = Field(default_factory=dict)  # for the request's score_items
     negatives: list[Id] = Field(default_factory=list, max_length=1000)  # sampled non-top-k candidates
     user: UserSnapshot | None = None  # the features the scorer used (feature logging, no leakage)
 

@@ -1,0 +1,81 @@
+"""The simulated fine ranker: scores the pre-ranker's top-K with the teacher, emits ``rank-scores``.
+
+It stands in for the production fine ranker in the replayed funnel. It reads the user features
+the scorer logged in its response (so both rankers see the same request-time snapshot), looks
+item features up in the catalog, scores with the teacher (Wide&Deep or MMoE) and ranks by the
+teacher's combined score. The forwarded candidates are the scorer's top-K plus its sampled easy
+negatives, from which the joiner draws the cascade's easy negatives.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from agents.app import Runtime
+from agents.convert import user_from_snapshot
+from agents.serving import redis_client
+from agents.store import ModelStore
+from models.features import ItemFeatures
+from models.losses import combine
+from monitoring.metrics import PrerankMetrics
+from prerank.exceptions import PrerankError
+from streams import rank_scores, score_responses
+from streams.rank_scores import RankScores
+from streams.score_responses import ScoreResponse
+
+log = logging.getLogger(__name__)
+
+
+def rank_response(response: ScoreResponse, teacher, items: list[ItemFeatures], rank_k: int) -> RankScores | None:
+    """The teacher's ranking of a response's top-``rank_k`` items (None for error responses)."""
+    if response.error is not None or not response.items or response.user is None:
+        return None
+    top = items[:rank_k]
+    objectives = teacher.score_objectives(user_from_snapshot(response.user), top)
+    combined = np.asarray(combine(objectives, teacher.objective_weights))
+    order = np.argsort(-combined, kind="stable")
+    rank_of = np.empty(len(top), dtype=np.int64)
+    rank_of[order] = np.arange(len(top))
+    return RankScores(
+        request_id=response.request_id, user_id=response.user_id, ts_ms=response.ts_ms,
+        candidates=[i.item_id for i in top] + list(response.negatives),
+        items=[{"item_id": item.item_id, "rank": int(rank_of[j]),
+                "logits": {o: float(v[j]) for o, v in objectives.items()}} for j, item in enumerate(top)],
+        user=response.user,
+    )
+
+
+def install(runtime: Runtime, metrics: PrerankMetrics, serving=None):
+    from models.teacher import TeacherLearner
+
+    settings = runtime.settings
+    path = settings.worker.teacher_path
+    if path is None or not path.exists():
+        raise PrerankError(f"the fine ranker needs a teacher model file; set PRERANK_WORKER__TEACHER_PATH (got {path})")
+    teacher = TeacherLearner.load(path)
+    store = serving.store if serving is not None else ModelStore(redis_client(settings), settings.redis.key_prefix)
+    catalog: dict[str, ItemFeatures] = serving.catalog if serving is not None else {}
+
+    def features(item_ids: list[str]) -> list[ItemFeatures]:
+        missing = [i for i in item_ids if i not in catalog]
+        if missing:
+            for item_id, found in zip(missing, store.items(missing)):
+                catalog[item_id] = found or ItemFeatures(item_id)
+        return [catalog[i] for i in item_ids]
+
+    @runtime.app.agent(runtime.topic("score_responses"), name="ranker")
+    async def ranker(stream):
+        async for event in stream.events():
+            response = await runtime.decode(score_responses.CODEC, event, "ranker")
+            if response is None:
+                continue
+            top = features([i.item_id for i in response.items[: settings.worker.rank_k]])
+            ranked = rank_response(response, teacher, top, settings.worker.rank_k)
+            if ranked is not None:
+                await runtime.topic("rank_scores").send(
+                    key=response.user_id.encode(), value=rank_scores.CODEC.encode(ranked)
+                )
+
+    return teacher
