@@ -1,0 +1,257 @@
+"""What the pipeline benchmarks share: a private corner of the running stack, worker processes,
+steady pacing, latency summaries and the JSON result.
+
+A pipeline bench runs against the local stack (``prerank stack up``) under its own topic prefix,
+Redis key prefix, Faust app id, ports and folders (:func:`private_stack`), starts the workers it
+needs as child processes (:class:`WorkerProcess`, stopped by their own pid), and removes its
+topics, keys and folders at the end.
+
+>>> summarize([0.010, 0.020, 0.030, 0.040], scale=1000.0, unit="ms")["p50_ms"]
+25.0
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, SecretStr
+
+from prerank.exceptions import PrerankError
+from prerank.settings import Settings
+from prerank.stack import port_open
+
+REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+class BenchError(PrerankError):
+    """A pipeline bench could not run or could not finish (the CLI prints it as one line)."""
+
+
+def require_stack(settings: Settings) -> None:
+    """Raise :class:`BenchError` naming the missing service unless Kafka and Redis answer."""
+    stack = settings.stack
+    for name, port in (("Kafka", stack.kafka_port), ("Redis", stack.redis_port)):
+        if not port_open(stack.host, port):
+            raise BenchError(f"{name} is not reachable on {stack.host}:{port}; start the stack with `prerank stack up`")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes a child process load exactly ``settings`` (every field, nested by ``__``).
+
+    >>> env = settings_env(Settings(_env_file=None))
+    >>> env["PRERANK_WORKER__PUBLISH_INTERVAL_S"], env["PRERANK_MODEL__OUTPUT_DIM"]
+    ('2.0', '512')
+    """
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PRERANK_")}
+    for section_name in type(settings).model_fields:
+        section = getattr(settings, section_name)
+        if not isinstance(section, BaseModel):
+            env[f"PRERANK_{section_name.upper()}"] = str(section)
+            continue
+        for field_name in type(section).model_fields:
+            value = getattr(section, field_name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"PRERANK_{section_name.upper()}__{field_name.upper()}"] = str(value)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def with_changes(settings: Settings, **sections: dict[str, Any]) -> Settings:
+    """A copy of ``settings`` with some fields of some sections replaced.
+
+    >>> s = with_changes(Settings(_env_file=None), worker={"publish_interval_s": 0.5})
+    >>> s.worker.publish_interval_s, s.worker.web_port
+    (0.5, 6066)
+    """
+    data = settings.model_dump()
+    for section, changes in sections.items():
+        data[section] = {**data[section], **changes}
+    return type(settings)(**data)
+
+
+@contextmanager
+def private_stack(base: Settings, label: str, **worker_changes: Any) -> Iterator[Settings]:
+    """Settings of one bench run on the running stack: fresh topics, keys, app id, ports, folders.
+
+    The topics are created on entry; on exit the topics, the Redis keys under the run's prefix
+    and the run's folder are removed.
+    """
+    require_stack(base)
+    run = f"{label}{uuid.uuid4().hex[:8]}"
+    folder = Path(tempfile.mkdtemp(prefix=f"prerank-bench-{run}-"))
+    settings = with_changes(
+        base,
+        topics={"prefix": f"b{run}."},
+        redis={"key_prefix": f"b{run}"},
+        worker={"app_id": f"prerank-b{run}", "data_dir": folder / "faust", "checkpoint_dir": folder / "checkpoints",
+                "web_port": free_port(), "metrics_port": free_port(), **worker_changes},
+    )
+    from streams.registry import create_topics
+
+    create_topics(settings.kafka.kafka_python_config(), settings.topics)
+    try:
+        yield settings
+    finally:
+        _delete_topics(settings)
+        _delete_redis_keys(settings)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _delete_topics(settings: Settings) -> None:
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    admin = KafkaAdminClient(**settings.kafka.kafka_python_config(), client_id="prerank-bench")
+    try:
+        mine = [name for name in admin.list_topics() if name.startswith(settings.topics.prefix)
+                or name.startswith(settings.worker.app_id)]
+        if mine:
+            admin.delete_topics(mine)
+    except KafkaError as exc:  # leftovers are harmless; say so and go on
+        print(f"bench: could not delete topics {settings.topics.prefix}*: {exc}", file=sys.stderr)
+    finally:
+        admin.close()
+
+
+def _delete_redis_keys(settings: Settings) -> None:
+    from agents.serving import redis_client
+
+    client = redis_client(settings)
+    keys = list(client.scan_iter(match=f"{settings.redis.key_prefix}:*", count=1000))
+    for start in range(0, len(keys), 1000):
+        client.delete(*keys[start:start + 1000])
+    client.close()
+
+
+class WorkerProcess:
+    """A ``prerank worker`` child process reading ``settings``; stopped by its own pid only."""
+
+    def __init__(self, settings: Settings, agents: str, log_path: Path, index: int = 0) -> None:
+        self.agents = agents
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "prerank.cli", "worker", "--agents", agents, "--index", str(index)],
+            env=settings_env(settings), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def check(self) -> None:
+        """Raise :class:`BenchError` with the log tail if the worker has died."""
+        if not self.alive():
+            raise BenchError(f"worker {self.agents} (pid {self.pid}) died:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout_s``."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self._log.close()
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+@contextmanager
+def running_workers(settings: Settings, folder: Path, *specs: tuple[str, int]) -> Iterator[list[WorkerProcess]]:
+    """Start one worker per ``(agents, index)``; stop them all on exit, whatever happened."""
+    workers: list[WorkerProcess] = []
+    try:
+        for agents, index in specs:
+            workers.append(WorkerProcess(settings, agents, folder / f"worker-{index}.log", index))
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout_s: float, what: str, workers: Sequence[WorkerProcess] = (),
+    interval_s: float = 0.05,
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; :class:`BenchError` on timeout or a dead worker."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for worker in workers:
+            worker.check()
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise BenchError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def summarize(values: Sequence[float], scale: float = 1.0, unit: str = "s",
+              quantiles: Sequence[int] = (50, 95, 99)) -> dict[str, float]:
+    """Percentiles (numpy's linear interpolation), mean and max of ``values * scale``.
+
+    >>> summarize([1.0, 2.0, 3.0, 4.0, 5.0], quantiles=(50,))
+    {'p50_s': 3.0, 'mean_s': 3.0, 'max_s': 5.0, 'n': 5}
+    >>> summarize([], unit="ms")
+    {'n': 0}
+    """
+    if len(values) == 0:
+        return {"n": 0}
+    scaled = np.asarray(values, dtype=float) * scale
+    out = {f"p{q}_{unit}": float(np.percentile(scaled, q)) for q in quantiles}
+    out[f"mean_{unit}"] = float(scaled.mean())
+    out[f"max_{unit}"] = float(scaled.max())
+    out["n"] = len(values)
+    return out
+
+
+def environment() -> dict[str, Any]:
+    """Where a number was measured (to read it next to others)."""
+    import platform
+
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+
+
+def emit(result: dict[str, Any], path: Path | None) -> None:
+    """Print the result as JSON and write it to ``path`` when given."""
+    text = json.dumps(result, indent=2)
+    if path is not None:
+        path.write_text(text + "\n")
+    print(text)
