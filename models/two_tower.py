@@ -148,9 +148,17 @@ class TwoTowerStudent(nn.Module):
             return self.encode_items(items, SparseLookup(self.tables, 0, learn=False)).numpy()
 
     def logits_from_vectors(self, user_vector: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
-        """``temperature * item_vectors @ user_vector + bias``: float32 shape ``(n,)``."""
+        """``temperature * item_vectors @ user_vector + bias``: float32 shape ``(n,)``.
+
+        The product runs in torch (its thread setting), not numpy: numpy's multithreaded
+        OpenBLAS was measured at ~15 ms instead of ~0.1 ms for 1000 x 512 on a busy 2-core box.
+        """
         temperature, bias = self.scalars()
-        return (np.float32(temperature) * (item_vectors @ user_vector) + np.float32(bias)).astype(np.float32)
+        items = torch.from_numpy(np.ascontiguousarray(item_vectors, dtype=np.float32))
+        user = torch.from_numpy(np.ascontiguousarray(user_vector, dtype=np.float32))
+        if items.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        return (torch.mv(items, user) * temperature + bias).numpy()
 
     def scalars(self) -> tuple[float, float]:
         """Current ``(temperature, bias)`` as Python floats."""
