@@ -148,16 +148,20 @@ def _delete_redis_keys(settings: Settings) -> None:
 
 
 class WorkerProcess:
-    """A ``prerank worker`` child process reading ``settings``; stopped by its own pid only."""
+    """A ``prerank worker`` child process reading ``settings``; stopped by its own pid only.
 
-    def __init__(self, settings: Settings, agents: str, log_path: Path, index: int = 0) -> None:
+    ``extra_env`` adds process-level knobs that are not settings (e.g. ``OMP_NUM_THREADS``).
+    """
+
+    def __init__(self, settings: Settings, agents: str, log_path: Path, index: int = 0,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.agents = agents
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "prerank.cli", "worker", "--agents", agents, "--index", str(index)],
-            env=settings_env(settings), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**settings_env(settings), **(extra_env or {})}, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
 
@@ -191,12 +195,13 @@ class WorkerProcess:
 
 
 @contextmanager
-def running_workers(settings: Settings, folder: Path, *specs: tuple[str, int]) -> Iterator[list[WorkerProcess]]:
+def running_workers(settings: Settings, folder: Path, *specs: tuple[str, int],
+                    extra_env: dict[str, str] | None = None) -> Iterator[list[WorkerProcess]]:
     """Start one worker per ``(agents, index)``; stop them all on exit, whatever happened."""
     workers: list[WorkerProcess] = []
     try:
         for agents, index in specs:
-            workers.append(WorkerProcess(settings, agents, folder / f"worker-{index}.log", index))
+            workers.append(WorkerProcess(settings, agents, folder / f"worker-{index}.log", index, extra_env))
         yield workers
     finally:
         for worker in workers:
@@ -246,7 +251,8 @@ def environment() -> dict[str, Any]:
     import torch
 
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+            "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "load_average_1m": os.getloadavg()[0]}  # other processes on the box skew every number
 
 
 def emit(result: dict[str, Any], path: Path | None) -> None:
