@@ -312,3 +312,10 @@ class Sender:
 
     def close(self) -> None:
         self.producer.close()
+
+
+def redis_store(settings: Settings):
+    from agents.serving import redis_client
+    from agents.store import ModelStore
+
+    return ModelStore(redis_client(settings), settings.redis.key_prefix)
