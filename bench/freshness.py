@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     with private_stack(base, "fresh", publish_interval_s=config.publish_interval_s,
                        join_window_s=config.join_window_s) as settings:
         folder = settings.worker.checkpoint_dir.parent
-        result = measure(settings, config, folder)
+        result = {**measure(settings, config, folder), "run_prefix": settings.topics.prefix}
     emit(result, args.json)
     return 0
 

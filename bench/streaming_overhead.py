@@ -236,6 +236,7 @@ def measure(settings: Settings, config: OverheadConfig, folder: Path) -> dict:
         "target_overhead": TARGET_OVERHEAD,
         "meets_target": overhead <= TARGET_OVERHEAD,
         "samples_per_s_runs": rates,
+        "kafka_samples_learned": [sum(s.samples) for s in kafka_steps],
         "kafka_records_per_step": statistics.mean(r for s in kafka_steps for r in s.records),
         "kafka_startup_s": statistics.median(startup),
         "records": config.requests,
@@ -268,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     config = OverheadConfig(requests=300 if args.quick else args.requests, items_per_request=args.items,
                             repeats=1 if args.quick else args.repeats, seed=args.seed)
     with private_stack(load_settings(), "ovh") as settings:
-        result = measure(settings, config, settings.worker.checkpoint_dir.parent)
+        folder = settings.worker.checkpoint_dir.parent
+        result = {**measure(settings, config, folder), "run_prefix": settings.topics.prefix}
     emit(result, args.json)
     return 0
 

@@ -1,0 +1,98 @@
+"""Smoke runs of the pipeline benchmarks (``--quick``) on the real local stack.
+
+Each bench runs as a child process, as ``prerank bench NAME`` would, and its JSON is checked
+against bounds that hold whatever the machine's speed: physics of the pipeline (nothing is
+fresher than its join window), exact counts (every request answered, every sample learned once),
+and the bench's own cleanup.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import need_service
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def stack(base_settings):
+    need_service("Kafka", base_settings.stack.host, base_settings.stack.kafka_port)
+    need_service("Redis", base_settings.stack.host, base_settings.stack.redis_port)
+    return base_settings
+
+
+def run_bench(module: str, tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--quick", "--json", str(out), *args],
+        cwd=REPO, capture_output=True, text=True, timeout=200,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert json.loads(done.stdout) == result  # printed and written alike
+    return result
+
+
+def assert_cleaned_up(settings, prefix: str) -> None:
+    import redis
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(**settings.kafka.kafka_python_config())
+    try:
+        left = [name for name in admin.list_topics() if name.startswith(prefix)]
+    finally:
+        admin.close()
+    assert left == []
+    client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
+    assert list(client.scan_iter(match=f"{prefix.rstrip('.')}:*")) == []
+
+
+def test_freshness_quick(stack, tmp_path):
+    result = run_bench("bench.freshness", tmp_path)
+    assert result["n"] == 10 and result["missed"] == 0
+    assert 0 < result["p50_s"] <= result["p95_s"] <= result["max_s"]
+    # The full path waits for the join window to close, so it can never beat it...
+    assert result["join_s"]["p50_s"] >= result["join_window_s"]
+    assert result["p50_s"] > result["join_window_s"]
+    # ...and is the trainer-side path plus that wait.
+    direct = result["training_samples_path"]
+    assert direct["missed"] == 0 and direct["n"] == 4
+    assert direct["p50_s"] < result["p50_s"]
+    assert result["after_join_s"]["p50_s"] > 0
+    assert result["versions_seen"] >= 2  # each probe needed a newer version than the one before
+    assert_cleaned_up(stack, result["run_prefix"])
+
+
+def test_scoring_topic_quick(stack, tmp_path):
+    result = run_bench("bench.scoring_topic", tmp_path)
+    assert result["sent"] == result["answered"] == 250 and result["errors"] == 0
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert result["versions_served"] == [result["model_version"]]
+    # Warm-up swept the whole catalog: every timed candidate came from the in-process LRU.
+    assert result["cache_tiers"] == {"local": 250 * 1000, "redis": 0, "computed": 0}
+    local = result["in_process"]
+    assert local["top_k_agree_with_naive"]
+    assert local["lru_tiers"]["local"] == result["candidates"]
+    assert local["lru"]["p50_ms"] < local["naive"]["p50_ms"]
+    assert local["speedup_p99"] == pytest.approx(local["naive"]["p99_ms"] / local["lru"]["p99_ms"])
+    assert_cleaned_up(stack, result["run_prefix"])
+
+
+def test_streaming_overhead_quick(stack, tmp_path):
+    result = run_bench("bench.streaming_overhead", tmp_path)
+    assert result["samples"] == 300 * 20
+    assert result["kafka_samples_learned"] == [result["samples"]] * 2  # every sample exactly once, both Kafka arms
+    runs = result["samples_per_s_runs"]
+    assert all(rate > 0 for rates in runs.values() for rate in rates)
+    assert result["overhead"] == pytest.approx(1 - runs["kafka"][0] / runs["memory"][0])
+    assert set(result["trainer_step_ms"]) == {"decode", "convert", "progressive_auc", "learn"}
+    assert all(ms > 0 for ms in result["trainer_step_ms"].values())
+    assert_cleaned_up(stack, result["run_prefix"])
