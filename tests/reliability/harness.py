@@ -173,29 +173,10 @@ def response_ids(messages: list) -> list[str]:
 
 # --- a model to serve ---------------------------------------------------------------------
 def publish_model(settings: Settings, n_items: int = 300, seed: int = 0, small: bool = True) -> int:
-    """Train a student briefly on synthetic requests and publish it with every item hot.
+    """A briefly trained student published with items ``i0 .. i{n_items-1}`` hot; returns its version."""
+    from bench.load import publish_model as publish
 
-    Item ids are ``i0 .. i{n_items-1}``; returns the published version.
-    """
-    from agents.publishing import Publisher
-    from agents.serving import redis_client
-    from agents.store import ModelStore
-    from models.export import export_bytes
-    from models.learner import StudentLearner
-    from models.synthetic import SyntheticRequests
-    from models.two_tower import TwoTowerConfig
-
-    generator = SyntheticRequests(seed=seed, n_items=n_items, n_users=50)
-    config = TwoTowerConfig(hidden_sizes=(32, 32), output_dim=16, min_count=1) if small else TwoTowerConfig(min_count=1)
-    learner = StudentLearner(config)
-    for _ in range(3):
-        learner.learn_many(generator.batch(16))
-    store = ModelStore(redis_client(settings), settings.redis.key_prefix)
-    publisher = Publisher(store, lambda model: export_bytes(model, prune=True), hot_items=n_items,
-                          dtype="float32", ttl_s=3600)
-    publisher.resume_from_store()
-    publisher.hot.observe([generator.item(i) for i in range(n_items)], 0.0)
-    return publisher.publish(learner, samples_learned=48)["version"]
+    return publish(settings, n_items=n_items, seed=seed, small=small)
 
 
 # --- settings for a module-scoped scenario ----------------------------------------------------
