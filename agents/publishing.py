@@ -78,7 +78,7 @@ class Publisher:
         current = self.store.current_version()
         self.version = max(self.version, current or 0)
 
-    def publish(self, learner, samples_learned: int, evicted: Iterable[str] = ()) -> dict:
+    def publish(self, learner, samples_learned: int, evicted: Iterable[str] = (), extra_meta: dict | None = None) -> dict:
         """Write a complete new version and flip to it; returns its metadata."""
         started = time.perf_counter()
         evicted = list(evicted)
@@ -95,7 +95,7 @@ class Publisher:
         meta = {
             "version": self.version, "created_at_ms": int(time.time() * 1000), "n_items": len(items),
             "dtype": self.dtype, "dim": dim, "samples_learned": samples_learned,
-            "weights_bytes": len(weights),
+            "weights_bytes": len(weights), **(extra_meta or {}),
         }
         self.store.publish(
             self.version, weights, [item.item_id for item in items], vectors, meta, self.ttl_s,

@@ -143,8 +143,13 @@ class Trainer:
 
     def publish(self) -> None:
         learner = self.state.learner
+        extra = {
+            "zero_row_ratio": learner.zero_row_ratio(),
+            "weights_bytes_unpruned": len(export_bytes(learner, prune=False)),
+            "records_learned": self.state.counters["records"],
+        }
         meta = self.publisher.publish(learner, self.state.counters["samples"],
-                                      evicted=learner.drain_evicted_item_ids())
+                                      evicted=learner.drain_evicted_item_ids(), extra_meta=extra)
         self.state.counters["version"] = meta["version"]
         self.metrics.publish_duration_seconds.observe(meta["publish_s"])
         self.metrics.published_items_total.inc(meta["n_items"])
@@ -170,6 +175,9 @@ class Trainer:
         await consumer.start()
         loop = asyncio.get_running_loop()
         try:
+            if self.publisher is not None and await loop.run_in_executor(None, self._store_is_empty):
+                # Cold start: serve the untrained model so the funnel can produce its first labels.
+                await loop.run_in_executor(self.executor, self.publish)
             partitions = await self._assign(consumer)
             log.info("trainer reading %s partitions %s from %s", self.topic, partitions, self.state.offsets)
             worker = self.settings.worker
@@ -214,6 +222,9 @@ class Trainer:
             else:
                 await consumer.seek_to_beginning(tp)
         return sorted(partitions)
+
+    def _store_is_empty(self) -> bool:
+        return self.publisher.store.current_version() is None
 
     def _partitions(self) -> list[int]:
         from kafka.admin import KafkaAdminClient

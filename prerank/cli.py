@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 from prerank.exceptions import PrerankError
 from prerank.settings import Settings, load_settings
@@ -69,6 +70,30 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return run_worker(settings, agents=args.agents.split(","), extra=args.faust_args, index=args.index)
 
 
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from replay.command import run_replay
+
+    data = None if args.synthetic else (args.data or settings.data)
+    report = run_replay(
+        settings, data, args.mode or ["cascade"], args.eval_from, args.report_dir, until=args.until,
+        train_until=args.train_until, baselines=args.baselines, max_requests=args.max_requests,
+        n_candidates=args.candidates, progress=_print_progress,
+    )
+    from replay.report import write_report
+
+    print(write_report(args.report_dir, report))
+    return 0
+
+
+def _print_progress(state: dict) -> None:
+    if "requests" in state:
+        print(f"\r[{state.get('mode', '')}] {state['requests']}/{state['total']} requests "
+              f"{state['requests_per_s']:.0f}/s answered {state['answered']} inflight {state['inflight']}",
+              end="", flush=True)
+    else:
+        print(json.dumps(state, default=str))
+
+
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     module = importlib.import_module(f"bench.{args.name.replace('-', '_')}")
     return module.main(args.bench_args)
@@ -96,6 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0, help="worker number on this host: offsets web and metrics ports")
     p.add_argument("faust_args", nargs=argparse.REMAINDER)
     p.set_defaults(run=_worker)
+
+    p = sub.add_parser("replay", help="replay a dataset through the real agents and write a report")
+    p.add_argument("--data", type=Path, default=None, help="KuaiRand-Pure folder or generic CSV (default: settings.data)")
+    p.add_argument("--synthetic", action="store_true", help="use the synthetic generator instead of data")
+    p.add_argument("--until", default=None, help="last date (exclusive), YYYY-MM-DD")
+    p.add_argument("--train-until", default=None, help="pre-fit the fine ranker before this date (default: --eval-from)")
+    p.add_argument("--eval-from", required=True, help="metrics cover events at or after this date")
+    p.add_argument("--mode", action="append", choices=("cascade", "distill", "impressions"))
+    p.add_argument("--baselines", action="store_true", help="also evaluate global CTR, LR-FTRL and an online tree")
+    p.add_argument("--max-requests", type=int, default=3000, help="user-sampled requests streamed per mode")
+    p.add_argument("--candidates", type=int, default=1000, help="candidates per request")
+    p.add_argument("--report-dir", type=Path, default=Path("reports/replay"))
+    p.set_defaults(run=_replay)
 
     p = sub.add_parser("bench", help="run a benchmark; writes JSON with --json PATH")
     p.add_argument("name", choices=BENCHES)

@@ -1,0 +1,112 @@
+"""``report.json`` -> a Markdown table and PNG plots (``prerank report`` and the end of a replay).
+
+>>> table = markdown_table({"cascade": {"auc_click": 0.61, "requests": 10}})
+>>> table.splitlines()[2]
+'| cascade | 0.610 | nan | nan | nan | nan | nan | nan | nan | 10 | 0 |'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+COLUMNS = (
+    "auc_click", "auc_long_view", "gauc_long_view", "consistency_recall_at_50",
+    "consistency_recall_at_100", "consistency_recall_at_200", "zero_row_ratio", "export_size_reduction",
+    "requests", "samples_learned",
+)
+
+
+def _cell(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return "nan" if value is None else str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def markdown_table(report: Mapping[str, Mapping]) -> str:
+    header = "| arm | " + " | ".join(COLUMNS) + " |"
+    rule = "|" + "---|" * (len(COLUMNS) + 1)
+    rows = [
+        "| " + name + " | " + " | ".join(_cell(result.get(c, 0 if c == "samples_learned" else float("nan")))
+                                       for c in COLUMNS) + " |"
+        for name, result in report.items()
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def plot(report_dir: Path, report: Mapping[str, Mapping], run: Mapping | None = None) -> list[Path]:
+    """PNG plots: quality side by side, scorer latency histogram, cache tiers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    names = list(report)
+    metrics = ["auc_click", "auc_long_view", "gauc_long_view", "consistency_recall_at_100"]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / max(1, len(names))
+    for j, name in enumerate(names):
+        values = [float(report[name].get(m, float("nan"))) for m in metrics]
+        ax.bar([i + j * width for i in range(len(metrics))], values, width, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(metrics))], metrics)
+    ax.set_ylim(0, 1)
+    ax.set_title("Progressive quality on the evaluated days")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(report_dir / "quality.png")
+    fig.savefig(written[-1])
+    plt.close(fig)
+
+    latencies = (run or {}).get("latencies_ms", {})
+    if any(latencies.values()):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, values in latencies.items():
+            if values:
+                ax.hist(values, bins=50, alpha=0.6, label=name)
+        ax.set_xlabel("scorer latency per request (ms)")
+        ax.set_ylabel("requests")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(report_dir / "latency.png")
+        fig.savefig(written[-1])
+        plt.close(fig)
+
+    tiers = {name: r.get("cache_tiers") for name, r in report.items() if r.get("cache_tiers")}
+    if tiers:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for j, (name, counts) in enumerate(tiers.items()):
+            total = max(1, sum(counts.values()))
+            bottom = 0.0
+            for tier in ("local", "redis", "computed"):
+                share = counts.get(tier, 0) / total
+                ax.bar(j, share, bottom=bottom, label=tier if j == 0 else None)
+                bottom += share
+        ax.set_xticks(range(len(tiers)), list(tiers))
+        ax.set_ylabel("share of item vectors")
+        ax.set_title("Scorer cache hit rate by tier")
+        ax.legend()
+        fig.tight_layout()
+        written.append(report_dir / "cache_tiers.png")
+        fig.savefig(written[-1])
+        plt.close(fig)
+    return written
+
+
+def write_report(report_dir: Path, report: Mapping[str, Mapping] | None = None) -> str:
+    """Write ``report.md`` and the plots next to ``report.json``; return the Markdown table."""
+    report_dir = Path(report_dir)
+    if report is None:
+        report = json.loads((report_dir / "report.json").read_text())
+    run_path = report_dir / "run.json"
+    run = json.loads(run_path.read_text()) if run_path.exists() else None
+    table = markdown_table(report)
+    plots = plot(report_dir, report, run)
+    (report_dir / "report.md").write_text(table + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
+    return table + "\n\nplots: " + ", ".join(str(p) for p in plots)

@@ -1,0 +1,326 @@
+"""The closed funnel through the real system: Kafka topics, Faust workers, Redis versions.
+
+:class:`StreamingReplay` plays the app and the event log. In event-time order it sends each
+request (exposed items plus ~1000 recalled candidates) to ``score-requests``; when the scorer's
+response arrives it logs the student's scores of the exposed items (progressive evaluation: the
+serving model has not learned this request yet), measures consistency on a sample of requests
+(the teacher scores the whole candidate set here), and only then emits the request's logged
+exposures to ``impressions``. The simulated fine ranker (its own worker) turns responses into
+``rank-scores``; the joiner, trainer and publisher do the rest. Up to ``inflight`` requests are
+outstanding at once.
+
+The teacher is pre-fit in process on the requests before ``train_until`` (:func:`prefit_teacher`),
+saved, and loaded by the fine-ranker worker, so the replay and the ranker share one teacher.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from agents.app import TOPIC_MODULES
+from agents.history import HistoryConfig, UserHistory
+from agents.labels import Feedback, LabelConfig, build_request_sample
+from models.features import UserFeatures
+from models.losses import combine
+from prerank.settings import Settings
+from replay.candidates import CandidateConfig, CandidateGenerator
+from replay.dataset import Dataset
+from replay.evaluation import ConsistencyLog, FeedbackLog
+from replay.events import Request
+from replay.grouping import DEFAULT_GAP_MS, group_requests
+from replay.offline import sample_rate, user_in_sample
+from streams import impressions, item_catalog, score_requests, score_responses, user_profiles
+from streams.impressions import Impression
+from streams.item_catalog import CatalogItem
+from streams.score_requests import RequestContext, ScoreRequest
+from streams.user_profiles import UserProfile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    train_until_ms: int
+    eval_from_ms: int
+    until_ms: int | None = None
+    max_requests: int | None = 3000
+    k: int = 200
+    inflight: int = 16
+    consistency_every: int = 5
+    consistency_n: int = 10
+    consistency_ks: tuple[int, ...] = (50, 100, 200)
+    prefit_days: float = 2.0  # requests this long before train_until warm the state and fit the teacher
+    request_gap_ms: int = DEFAULT_GAP_MS
+    candidates: CandidateConfig = CandidateConfig()
+    history: HistoryConfig = HistoryConfig()
+    response_timeout_s: float = 30.0
+    seed: int = 0
+
+
+@dataclass
+class Outstanding:
+    request: Request
+    candidates: list[str]
+    user: UserFeatures
+    sent_at: float
+
+
+@dataclass
+class ReplayState:
+    """The replay's own view of users and popularity, for building candidate sets."""
+
+    dataset: Dataset
+    config: StreamConfig
+    histories: dict[str, UserHistory] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.generator = CandidateGenerator(self.dataset.catalog, self.config.candidates)
+
+    def history(self, user_id: str) -> UserHistory:
+        history = self.histories.get(user_id)
+        if history is None:
+            seed = self.dataset.history_seeds.get(user_id)
+            history = (UserHistory.seeded(user_id, seed.item_ids, seed.last_ts_ms, self.dataset.catalog,
+                                          self.config.history)
+                       if seed is not None else UserHistory(user_id, self.config.history))
+            self.histories[user_id] = history
+        return history
+
+    def snapshot(self, request: Request) -> UserFeatures:
+        return self.history(request.user_id).snapshot(
+            request.ts_ms, request.tab, self.dataset.profiles.get(request.user_id))
+
+    def after(self, request: Request) -> None:
+        history = self.history(request.user_id)
+        for exposure in request.exposures:
+            history.observe(self.dataset.catalog[exposure.item_id], exposure.ts_ms)
+            self.generator.observe(exposure.item_id, exposure.ts_ms)
+
+
+def feedback_of(request: Request) -> list[Feedback]:
+    return [Feedback(e.item_id, e.ts_ms, p, e.click, e.long_view, e.like, e.play_ms)
+            for p, e in enumerate(request.exposures)]
+
+
+def prefit_teacher(state: ReplayState, teacher, requests: list[Request], batch: int = 32,
+                   max_fit_requests: int | None = 20_000) -> dict:
+    """Fit the fine ranker on the logged exposures of the last ``max_fit_requests`` of ``requests``
+    (in order); every request warms the user histories and popularity."""
+    started = time.perf_counter()
+    pending = []
+    fit_from = 0 if max_fit_requests is None else max(0, len(requests) - max_fit_requests)
+    for index, request in enumerate(requests):
+        if index < fit_from:
+            state.after(request)
+            continue
+        user = state.snapshot(request)
+        items = [state.dataset.catalog[i] for i in request.item_ids]
+        pending.append(build_request_sample(request.request_id, request.ts_ms, user, items, (),
+                                            feedback_of(request), LabelConfig(top_n=1, n_easy_negatives=0)))
+        if len(pending) >= batch:
+            teacher.learn_many(pending)
+            pending = []
+        state.after(request)
+    if pending:
+        teacher.learn_many(pending)
+    return {"prefit_requests": len(requests), "teacher_fit_requests": len(requests) - fit_from,
+            "prefit_s": time.perf_counter() - started}
+
+
+class StreamingReplay:
+    """Drive the funnel through the running workers; :meth:`run` returns the report."""
+
+    def __init__(
+        self, settings: Settings, state: ReplayState, teacher,
+        progress: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.config = state.config
+        self.teacher = teacher
+        self.progress = progress or (lambda _: None)
+        self.feedback = FeedbackLog()
+        self.teacher_feedback = FeedbackLog()
+        self.consistency = ConsistencyLog(self.config.consistency_n, self.config.consistency_ks)
+        self.latencies_ms: list[float] = []
+        self.round_trips_ms: list[float] = []
+        self.tiers = {"local": 0, "redis": 0, "computed": 0}
+        self.counts = {"sent": 0, "answered": 0, "errors": 0, "timeouts": 0, "eval_requests": 0,
+                       "impressions": 0}
+        self.versions: set[int] = set()
+
+    def topic(self, key: str) -> str:
+        return self.settings.topics.name(TOPIC_MODULES[key].TOPIC.name)
+
+    def load_reference_data(self, producer: KafkaProducer, users: set[str]) -> dict[str, int]:
+        """Catalog and profiles into their compacted topics, before any request."""
+        for item in self.state.dataset.catalog.values():
+            record = CatalogItem(item_id=item.item_id, author_id=item.author_id or "unknown",
+                                 tags=list(item.tags), duration_ms=item.duration_ms)
+            producer.send(self.topic("item_catalog"), key=item.item_id.encode(),
+                          value=item_catalog.CODEC.encode(record))
+        n_profiles = 0
+        for user_id, fields in self.state.dataset.profiles.items():
+            if user_id in users:
+                producer.send(self.topic("user_profiles"), key=user_id.encode(),
+                              value=user_profiles.CODEC.encode(UserProfile(user_id=user_id, fields=dict(fields))))
+                n_profiles += 1
+        producer.flush()
+        return {"catalog_items": len(self.state.dataset.catalog), "profiles": n_profiles}
+
+    def run(self, requests: list[Request]) -> dict:
+        config = self.config
+        kafka = self.settings.kafka.kafka_python_config()
+        producer = KafkaProducer(**kafka, linger_ms=2, acks=1, max_request_size=8 * 1024 * 1024)
+        consumer = KafkaConsumer(**kafka, group_id=None, enable_auto_commit=False,
+                                 max_partition_fetch_bytes=8 * 1024 * 1024)
+        partitions = [TopicPartition(self.topic("score_responses"), p)
+                      for p in sorted(consumer.partitions_for_topic(self.topic("score_responses")) or [])]
+        consumer.assign(partitions)
+        consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            consumer.position(tp)  # resolve the end offsets now, before the first request
+        loaded = self.load_reference_data(producer, {r.user_id for r in requests})
+        time.sleep(1.0)  # let the catalog agent write the catalog before the first request
+        outstanding: dict[str, Outstanding] = {}
+        started = time.perf_counter()
+        try:
+            for index, request in enumerate(requests):
+                while len(outstanding) >= config.inflight:
+                    self._receive(consumer, producer, outstanding)
+                self._send(producer, request, outstanding)
+                if index % 200 == 0:
+                    self._report_progress(index, len(requests), started, outstanding)
+            deadline = time.monotonic() + config.response_timeout_s
+            while outstanding and time.monotonic() < deadline:
+                self._receive(consumer, producer, outstanding)
+            self.counts["timeouts"] += len(outstanding)
+        finally:
+            producer.flush()
+            producer.close()
+            consumer.close()
+        elapsed = time.perf_counter() - started
+        return self.summary(elapsed, loaded)
+
+    def _send(self, producer: KafkaProducer, request: Request, outstanding: dict[str, Outstanding]) -> None:
+        user = self.state.snapshot(request)
+        history = self.state.history(request.user_id)
+        indices = self.state.generator.build(request.request_id, request.item_ids, history.authors,
+                                             history.tags, request.ts_ms)
+        candidates = self.state.generator.item_ids(indices)
+        score_request = ScoreRequest(
+            request_id=request.request_id, user_id=request.user_id, ts_ms=request.ts_ms,
+            context=RequestContext(tab=min(request.tab, 1000), hour=user.hour, weekday=user.weekday),
+            candidates=candidates, k=min(self.config.k, len(candidates)),
+            score_items=list(dict.fromkeys(request.item_ids)),
+        )
+        producer.send(self.topic("score_requests"), key=request.user_id.encode(),
+                      value=score_requests.CODEC.encode(score_request))
+        outstanding[request.request_id] = Outstanding(request, candidates, user, time.perf_counter())
+        self.counts["sent"] += 1
+
+    def _receive(self, consumer: KafkaConsumer, producer: KafkaProducer, outstanding: dict[str, Outstanding]) -> None:
+        producer.flush(timeout=5)
+        for messages in consumer.poll(timeout_ms=200).values():
+            for message in messages:
+                response = score_responses.CODEC.decode(message.value)
+                pending = outstanding.pop(response.request_id, None)
+                if pending is not None:
+                    self._answered(pending, response, producer)
+
+    def _answered(self, pending: Outstanding, response, producer: KafkaProducer) -> None:
+        request = pending.request
+        self.round_trips_ms.append((time.perf_counter() - pending.sent_at) * 1000)
+        self.counts["answered"] += 1
+        if response.error is not None:
+            self.counts["errors"] += 1
+        else:
+            self.latencies_ms.append(response.latency_ms)
+            self.versions.add(response.model_version)
+            for tier, count in response.cache_tiers.items():
+                self.tiers[tier] = self.tiers.get(tier, 0) + count
+            if request.ts_ms >= self.config.eval_from_ms:
+                self._evaluate(pending, response)
+        for position, exposure in enumerate(request.exposures):
+            record = Impression(
+                request_id=request.request_id, user_id=request.user_id, item_id=exposure.item_id,
+                ts_ms=exposure.ts_ms, position=position, tab=min(exposure.tab, 1000), click=exposure.click,
+                long_view=exposure.long_view, like=exposure.like, play_ms=exposure.play_ms,
+                duration_ms=exposure.duration_ms,
+            )
+            producer.send(self.topic("impressions"), key=request.user_id.encode(),
+                          value=impressions.CODEC.encode(record))
+            self.counts["impressions"] += 1
+        self.state.after(request)
+
+    def _evaluate(self, pending: Outstanding, response) -> None:
+        request = pending.request
+        self.counts["eval_requests"] += 1
+        exposed_items = [self.state.dataset.catalog[e.item_id] for e in request.exposures]
+        teacher = self.teacher.score_objectives(pending.user, exposed_items)
+        for j, exposure in enumerate(request.exposures):
+            score = response.item_scores.get(exposure.item_id)
+            if score is None:
+                continue
+            self.feedback.add(request.user_id, exposure.click, exposure.long_view, score, score)
+            self.teacher_feedback.add(request.user_id, exposure.click, exposure.long_view,
+                                      float(teacher["click"][j]), float(teacher["long_view"][j]))
+        if (self.counts["eval_requests"] - 1) % self.config.consistency_every == 0:
+            items = [self.state.dataset.catalog[i] for i in pending.candidates]
+            objectives = self.teacher.score_objectives(pending.user, items)
+            teacher_full = np.asarray(combine(objectives, self.teacher.objective_weights), dtype=np.float64)
+            student = np.full(len(items), -np.inf)
+            position = {item_id: p for p, item_id in enumerate(pending.candidates)}
+            for rank, scored in enumerate(response.items):  # only the top-k travels back: ranks suffice
+                student[position[scored.item_id]] = -rank
+            self.consistency.add(teacher_full, student)
+
+    def _report_progress(self, index: int, total: int, started: float, outstanding) -> None:
+        elapsed = time.perf_counter() - started
+        self.progress({
+            "requests": index, "total": total, "elapsed_s": elapsed,
+            "requests_per_s": index / elapsed if elapsed > 0 else 0.0, "inflight": len(outstanding),
+            "answered": self.counts["answered"],
+        })
+
+    def summary(self, elapsed_s: float, loaded: Mapping[str, int]) -> dict:
+        latencies = np.asarray(self.latencies_ms or [np.nan])
+        round_trips = np.asarray(self.round_trips_ms or [np.nan])
+        return {
+            **self.feedback.summary(),
+            **self.consistency.summary(),
+            "teacher": self.teacher_feedback.summary(),
+            "requests": self.counts["eval_requests"],
+            "counts": dict(self.counts),
+            "loaded": dict(loaded),
+            "replay_s": elapsed_s,
+            "requests_per_s": self.counts["answered"] / elapsed_s if elapsed_s > 0 else 0.0,
+            "scorer_latency_ms_p50": float(np.nanpercentile(latencies, 50)),
+            "scorer_latency_ms_p99": float(np.nanpercentile(latencies, 99)),
+            "round_trip_ms_p50": float(np.nanpercentile(round_trips, 50)),
+            "round_trip_ms_p99": float(np.nanpercentile(round_trips, 99)),
+            "latencies_ms": [float(x) for x in self.latencies_ms],
+            "cache_tiers": dict(self.tiers),
+            "model_versions_seen": len(self.versions),
+        }
+
+
+def replay_requests(dataset: Dataset, config: StreamConfig) -> tuple[list[Request], list[Request], dict]:
+    """Split the log into pre-fit requests and the sampled requests to stream."""
+    requests = group_requests(dataset.exposures, config.request_gap_ms)
+    if config.until_ms is not None:
+        requests = [r for r in requests if r.ts_ms < config.until_ms]
+    prefit_from = config.train_until_ms - int(config.prefit_days * 86_400_000)
+    prefit = [r for r in requests if prefit_from <= r.ts_ms < config.train_until_ms]
+    later = [r for r in requests if r.ts_ms >= config.train_until_ms]
+    rate = sample_rate(len(later), config.max_requests)
+    streamed = [r for r in later if user_in_sample(r.user_id, rate, config.seed)]
+    return prefit, streamed, {"requests_total": len(requests), "prefit_requests": len(prefit),
+                              "replay_period_requests": len(later), "user_sample_rate": rate,
+                              "streamed_requests": len(streamed)}
