@@ -30,31 +30,62 @@ REDIS_DOWN = "redis unavailable: vectors computed locally"
 
 
 class VectorLRU:
-    """Item id -> float32 vector, least recently used evicted first."""
+    """Item id -> vector, least recently used evicted first, stored as rows of one matrix.
+
+    One contiguous float32 matrix (allocated on the first insert, when the width is known) lets a
+    request gather its 1000 vectors with one fancy-index copy instead of stacking 1000 arrays.
+
+    >>> lru = VectorLRU(capacity=2)
+    >>> lru.put_many(["a", "b"], np.eye(2, dtype=np.float32))
+    >>> slots = lru.slots(["b", "x"])
+    >>> slots.tolist(), lru.gather(slots[:1]).tolist()
+    ([1, -1], [[0.0, 1.0]])
+    >>> lru.put_many(["c"], np.ones((1, 2), dtype=np.float32))  # evicts "a", the least recent
+    >>> lru.slots(["a", "c"]).tolist()
+    [-1, 0]
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._rows: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._slot_of: OrderedDict[str, int] = OrderedDict()
+        self._matrix: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._slot_of)
 
     def clear(self) -> None:
-        self._rows.clear()
+        self._slot_of.clear()
+        self._matrix = None
 
-    def get(self, item_id: str) -> np.ndarray | None:
-        row = self._rows.get(item_id)
-        if row is not None:
-            self._rows.move_to_end(item_id)
-        return row
+    def slots(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Row of each id in the matrix, -1 where absent; hits become most recent."""
+        slot_of = self._slot_of
+        found = np.full(len(item_ids), -1, dtype=np.int64)
+        for i, item_id in enumerate(item_ids):
+            slot = slot_of.get(item_id)
+            if slot is not None:
+                slot_of.move_to_end(item_id)
+                found[i] = slot
+        return found
 
-    def put(self, item_id: str, vector: np.ndarray) -> None:
-        if self.capacity <= 0:
+    def gather(self, slots: np.ndarray) -> np.ndarray:
+        return self._matrix[slots]
+
+    def put_many(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
+        if self.capacity <= 0 or len(item_ids) == 0:
             return
-        self._rows[item_id] = vector
-        self._rows.move_to_end(item_id)
-        while len(self._rows) > self.capacity:
-            self._rows.popitem(last=False)
+        if self._matrix is None or self._matrix.shape[1] != vectors.shape[1]:
+            self._slot_of.clear()
+            self._matrix = np.zeros((self.capacity, vectors.shape[1]), dtype=np.float32)
+        for item_id, vector in zip(item_ids, vectors):
+            slot = self._slot_of.pop(item_id, None)
+            if slot is None:
+                if len(self._slot_of) < self.capacity:
+                    slot = len(self._slot_of)
+                else:
+                    _, slot = self._slot_of.popitem(last=False)
+            self._slot_of[item_id] = slot
+            self._matrix[slot] = vector
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -186,33 +217,37 @@ class Scorer:
         return [request.candidates[i] for i in np.sort(picks)]
 
     def _item_vectors(self, item_ids: Sequence[str]) -> tuple[np.ndarray, dict[str, int], int]:
-        rows: list[np.ndarray | None] = [self.lru.get(item) for item in item_ids]
-        missing = [i for i, row in enumerate(rows) if row is None]
+        slots = self.lru.slots(item_ids)
+        missing = np.flatnonzero(slots < 0)
         tiers = {"local": len(item_ids) - len(missing), "redis": 0, "computed": 0}
+        if len(missing) == 0:
+            return self.lru.gather(slots), tiers, 0
+        vectors = np.empty((len(item_ids), self._dim()), dtype=np.float32)
+        hit = slots >= 0
+        vectors[hit] = self.lru.gather(slots[hit])
         unknown = 0
-        if missing and self.redis_ok:
+        if self.redis_ok:
             try:
                 fetched = self.store.vectors(self.version, [item_ids[i] for i in missing], self.dtype)
             except RedisError as exc:
                 self._redis_failed(exc)
                 fetched = [None] * len(missing)
-            still_missing = []
-            for index, vector in zip(missing, fetched):
-                if vector is None:
-                    still_missing.append(index)
-                else:
-                    rows[index] = vector
-                    self.lru.put(item_ids[index], vector)
-            tiers["redis"] = len(missing) - len(still_missing)
-            missing = still_missing
-        if missing:
+            got = [j for j, vector in enumerate(fetched) if vector is not None]
+            if got:
+                rows = missing[got]
+                vectors[rows] = np.stack([fetched[j] for j in got])
+                self.lru.put_many([item_ids[i] for i in rows], vectors[rows])
+            tiers["redis"] = len(got)
+            missing = np.asarray([missing[j] for j, vector in enumerate(fetched) if vector is None], dtype=np.int64)
+        if len(missing):
             features, unknown = self._features([item_ids[i] for i in missing])
-            computed = np.asarray(self.model.item_vectors(features), dtype=np.float32)
-            for index, vector in zip(missing, computed):
-                rows[index] = vector
-                self.lru.put(item_ids[index], vector)
+            vectors[missing] = np.asarray(self.model.item_vectors(features), dtype=np.float32)
+            self.lru.put_many([item_ids[i] for i in missing], vectors[missing])
             tiers["computed"] = len(missing)
-        return np.stack(rows), tiers, unknown
+        return vectors, tiers, unknown
+
+    def _dim(self) -> int:
+        return int(self.model.config.output_dim)
 
     def _features(self, item_ids: list[str]) -> tuple[list[ItemFeatures], int]:
         """Catalog features for items the version lacks; bare ids (fallback rows) if unknown."""

@@ -62,15 +62,16 @@ class ProgressiveAUC:
     def __init__(self, window: int = 5000) -> None:
         self.pairs = {label: deque(maxlen=window) for label in self.LABELS}
 
-    def observe(self, learner, samples) -> None:
+    def observe(self, samples, pair_logits) -> None:
+        """``pair_logits``: the learner's pre-update logits, one per (sample, item), in order."""
+        offset = 0
         for sample in samples:
-            exposed = [i for i, shown in enumerate(sample.exposed()) if shown]
-            if not exposed:
-                continue
-            scores = learner.score(sample.user, [sample.items[i] for i in exposed])
-            for label in self.LABELS:
-                values = getattr(sample, label)
-                self.pairs[label].extend((values[i], float(s)) for i, s in zip(exposed, scores))
+            for i, shown in enumerate(sample.exposed()):
+                if shown:
+                    score = float(pair_logits[offset + i])
+                    for label in self.LABELS:
+                        self.pairs[label].append((getattr(sample, label)[i], score))
+            offset += sample.n_items
 
     def aucs(self) -> dict[str, float]:
         out = {}
@@ -133,9 +134,9 @@ class Trainer:
 
     def learn(self, records: list) -> dict[str, float]:
         samples = [sample_from_record(record) for record in records]
-        self.progressive.observe(self.state.learner, samples)  # score before learning
         started = time.perf_counter()
         result = self.state.learner.learn_many(samples)
+        self.progressive.observe(samples, self.state.learner.last_pair_logits)  # scored before learning
         self.metrics.trainer_batch_seconds.observe(time.perf_counter() - started)
         if self.publisher is not None:
             self.publisher.hot.observe((item for s in samples for item in s.items), time.monotonic())

@@ -76,6 +76,9 @@ def build(settings: Settings, agents: set[str], registry=REGISTRY, web_port: int
 
 def run_worker(settings: Settings, agents: list[str], extra: list[str] | None = None, index: int = 0) -> int:
     chosen = plan(agents)
+    import torch
+
+    torch.set_num_threads(settings.worker.torch_threads)
     web_port = settings.worker.web_port + index
     runtime, _, _ = build(settings, chosen, web_port=web_port)
     server = serve_metrics(REGISTRY, settings.worker.metrics_port + index, settings.worker.metrics_host)

@@ -106,6 +106,7 @@ class StudentLearner:
         self.step = 0
         self.clock_ms = 0
         self._evicted_item_ids: list[str] = []
+        self.last_pair_logits = np.zeros(0, dtype=np.float32)
 
     # ------------------------------------------------------------------ learning
     def learn_many(self, samples: Sequence[RequestSample]) -> dict[str, float]:
@@ -125,6 +126,9 @@ class StudentLearner:
         user_vectors = self.student.encode_users([s.user for s in samples], lookup)
         item_vectors = self.student.encode_items(unique_items, lookup)
         logits = self.student.pair_logits(user_vectors[request_index], item_vectors[item_index])
+        # Pre-update logits of every (request, item) pair, in sample order: progressive
+        # evaluation (score before learn) costs nothing extra.
+        self.last_pair_logits = logits.detach().numpy().copy()
         labels = PairLabels.from_samples(samples)
         loss, metrics = self.objective(logits, labels, self.step, teacher_logit)
 
