@@ -70,14 +70,6 @@ class Dataset:
     history_seeds: Mapping[str, HistorySeed]
     report: LoadReport
 
-    def exposures_between(self, start_ms: int | None = None, end_ms: int | None = None) -> tuple[Exposure, ...]:
-        """Exposures with ``start_ms <= ts_ms < end_ms`` (either bound may be omitted)."""
-        return tuple(
-            e
-            for e in self.exposures
-            if (start_ms is None or e.ts_ms >= start_ms) and (end_ms is None or e.ts_ms < end_ms)
-        )
-
 
 def complete_catalog(
     catalog: dict[str, ItemFeatures], exposures: tuple[Exposure, ...], report: LoadReport

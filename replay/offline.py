@@ -9,8 +9,9 @@ Replay in event-time order, request by request (pages from :mod:`replay.grouping
    exposed items and ranks them; :func:`agents.labels.build_request_sample` makes each arm's
    training sample. At or after ``eval_from`` the scores of exposed items are logged (progressive
    evaluation: scores come before learning) and, on every ``consistency_every``-th request, the
-   teacher scores the whole candidate set to measure consistency. Then, every ``batch_requests``
-   requests, each arm learns its samples and the teacher learns the exposures.
+   teacher scores the whole candidate set to measure consistency. Each arm learns its samples
+   every ``batch_requests`` replayed requests; the teacher learns the exposures of every request
+   (sampled user or not) every ``teacher_batch_requests`` requests.
 
 History and popularity see every request (sampled users or not) after it is processed, so a
 snapshot never contains its own request's behaviour.
@@ -75,7 +76,8 @@ class OfflineConfig:
     labels: LabelConfig = LabelConfig(top_n=10, n_easy_negatives=20)
     consistency_every: int = 10
     consistency_ks: tuple[int, ...] = (50, 100, 200)
-    batch_requests: int = 32
+    batch_requests: int = 64
+    teacher_batch_requests: int = 256
     request_gap_ms: int = DEFAULT_GAP_MS
     candidates: CandidateConfig = CandidateConfig()
     history: HistoryConfig = HistoryConfig()
@@ -85,7 +87,7 @@ class OfflineConfig:
     def __post_init__(self) -> None:
         if self.eval_from_ms < self.train_until_ms:
             raise ConfigError("eval_from must not be before train_until")
-        for name in ("rank_k", "consistency_every", "batch_requests"):
+        for name in ("rank_k", "consistency_every", "batch_requests", "teacher_batch_requests"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_requests is not None and self.max_requests < 1:
@@ -163,18 +165,17 @@ class OfflineFunnel:
         )  # fmt: skip
 
     def _learn(self, force: bool = False) -> None:
-        if not force and len(self._teacher_batch) < self.config.batch_requests:
-            return
+        """Arms learn every ``batch_requests`` requests, the teacher every ``teacher_batch_requests``."""
         for arm in self.arms:
             batch = self._arm_batches[arm.name]
-            if batch:
+            if batch and (force or len(batch) >= self.config.batch_requests):
                 arm.learn(batch)
-            self._arm_batches[arm.name] = []
-        if self._teacher_batch:
+                self._arm_batches[arm.name] = []
+        if self._teacher_batch and (force or len(self._teacher_batch) >= self.config.teacher_batch_requests):
             start = time.perf_counter()
             self.teacher.learn_many(self._teacher_batch)
             self._teacher_learn_s += time.perf_counter() - start
-        self._teacher_batch = []
+            self._teacher_batch = []
 
     # ------------------------------------------------------------------ one request
     def _prefit(self, request: Request) -> None:

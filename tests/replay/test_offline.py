@@ -68,7 +68,7 @@ def make_config(dataset, **overrides) -> OfflineConfig:
     start = dataset.exposures[0].ts_ms
     values = dict(
         train_until_ms=start + DAY_MS, eval_from_ms=start + 2 * DAY_MS, max_requests=None, rank_k=30,
-        consistency_every=3, consistency_ks=(20, 50, 100), batch_requests=8,
+        consistency_every=3, consistency_ks=(20, 50, 100), batch_requests=8, teacher_batch_requests=16,
         candidates=CandidateConfig(n_candidates=250, n_popular=50, n_author=30, n_tag=30),
     )
     values.update(overrides)

@@ -1,0 +1,196 @@
+"""Quality of the pre-rankers in the offline funnel, side by side in one run, written as JSON.
+
+Runs :class:`replay.offline.OfflineFunnel` over KuaiRand-Pure (or a generic CSV, or synthetic data
+when ``--data`` is omitted) with one two-tower student per loss mode and, with ``--baselines``, the
+article's baselines; the simulated fine ranker is the teacher, pre-fit on the days before
+``--train-until`` and updated online. Reports AUC / GAUC on click and long view (progressive,
+events at or after ``--eval-from``), consistency recall@50/100/200 of the teacher's top-10, the
+all-zero embedding-row ratio and the pruned export size cut, plus the ratios the targets name.
+
+    python -m bench.quality --data /work/shared/data/kuairand-pure --baselines --json quality.json
+    python -m bench.quality --quick            # a smoke run on synthetic data, ~1 minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from models.features import ItemFeatures
+from replay.arms import RankerArm, StudentArm
+from replay.candidates import CandidateConfig
+from replay.dataset import Dataset
+from replay.load import load_dataset
+from replay.offline import OfflineConfig, OfflineFunnel, local_date_ms
+
+DAY_MS = 86_400_000
+MODES = ("cascade", "distill", "impressions")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench.quality", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=None, help="KuaiRand-Pure folder or generic CSV (default: synthetic)")
+    parser.add_argument("--train-until", default=None, help="YYYY-MM-DD: teacher pre-fit before this day (default: 35%% of the span)")
+    parser.add_argument("--eval-from", default=None, help="YYYY-MM-DD: metrics from this day on (default: 55%% of the span)")
+    parser.add_argument("--modes", default=",".join(MODES), help="student loss modes, comma-separated")
+    parser.add_argument("--baselines", action="store_true", help="also run GlobalCTR, LogisticFTRL and OnlineTree")
+    parser.add_argument("--teacher", choices=("mmoe", "wide_deep"), default="mmoe")
+    parser.add_argument("--max-requests", type=int, default=5_000, help="requests replayed (users are sampled)")
+    parser.add_argument("--candidates", type=int, default=1000, help="candidates per request")
+    parser.add_argument("--rank-k", type=int, default=100, help="pre-ranker's top-K that the fine ranker scores")
+    parser.add_argument("--consistency-every", type=int, default=10, help="teacher scores all candidates every n-th eval request")
+    parser.add_argument("--batch-requests", type=int, default=64, help="requests per student / baseline update")
+    parser.add_argument("--teacher-batch-requests", type=int, default=256, help="requests per teacher update")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the report here")
+    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    return parser
+
+
+def default_dates(dataset: Dataset, train_share: float = 0.35, eval_share: float = 0.55) -> tuple[int, int]:
+    """Local midnights nearest to the given shares of the log's time span (UTC+8, like KuaiRand)."""
+    first, last = dataset.exposures[0].ts_ms, dataset.exposures[-1].ts_ms
+    offset = 8 * 3_600_000
+
+    def midnight(ts: float) -> int:
+        return int(round((ts + offset) / DAY_MS)) * DAY_MS - offset
+
+    return midnight(first + train_share * (last - first)), midnight(first + eval_share * (last - first))
+
+
+def student_arms(modes: Sequence[str], catalog: Sequence[ItemFeatures], quick: bool, seed: int) -> list[StudentArm]:
+    from models.export import size_report
+    from models.learner import StudentLearner
+    from models.losses import StudentObjective
+    from models.two_tower import TwoTowerConfig
+
+    config = (
+        TwoTowerConfig(embedding_dim=16, hidden_sizes=(64, 64), output_dim=64, seed=seed)
+        if quick
+        else TwoTowerConfig(seed=seed)
+    )
+
+    def export_report(learner) -> dict[str, float]:
+        report = size_report(learner)
+        return {
+            "export_size_reduction": report["reduction"],
+            "export_bytes_unpruned": report["bytes_before"],
+            "export_bytes_pruned": report["bytes_after"],
+        }
+
+    return [
+        StudentArm(f"student_{mode}", StudentLearner(config, objective=StudentObjective(mode=mode)), catalog,
+                   extra_report=export_report)
+        for mode in modes
+    ]  # fmt: skip
+
+
+def baseline_arms(catalog: Sequence[ItemFeatures]) -> list[RankerArm]:
+    from models.baselines import GlobalCTR, LogisticFTRL, OnlineTree
+
+    return [
+        RankerArm("global_ctr", GlobalCTR(), catalog),
+        RankerArm("logistic_ftrl", LogisticFTRL(), catalog),
+        RankerArm("online_tree", OnlineTree(), catalog),
+    ]
+
+
+def make_teacher(architecture: str, quick: bool, seed: int):
+    from models.teacher import TeacherConfig, TeacherLearner
+
+    if quick:
+        return TeacherLearner(TeacherConfig(architecture=architecture, embedding_dim=8, hidden_sizes=(64, 32),
+                                            expert_sizes=(32, 16), seed=seed))
+    return TeacherLearner(TeacherConfig(architecture=architecture, seed=seed))
+
+
+def comparisons(arms: dict, teacher: dict) -> dict[str, float]:
+    """The numbers the targets name, as differences and ratios of one run."""
+    out: dict[str, float] = {}
+    cascade, impressions = arms.get("student_cascade"), arms.get("student_impressions")
+    if cascade and impressions:
+        for k in (50, 100, 200):
+            key = f"consistency_recall_at_{k}"
+            out[f"cascade_minus_impressions_{key}"] = cascade[key] - impressions[key]
+            out[f"cascade_over_impressions_{key}"] = (
+                cascade[key] / impressions[key] if impressions[key] else math.nan
+            )
+    for name, arm in arms.items():
+        if name.startswith("student_") and "auc_long_view" in arm and "auc_long_view" in teacher:
+            out[f"teacher_minus_{name}_auc_long_view"] = teacher["auc_long_view"] - arm["auc_long_view"]
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        print(f"unknown modes {sorted(unknown)}; choose from {MODES}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    dataset = load_dataset(args.data)
+    load_s = time.perf_counter() - started
+    train_until, eval_from = default_dates(dataset)
+    if args.train_until:
+        train_until = local_date_ms(args.train_until)
+    if args.eval_from:
+        eval_from = local_date_ms(args.eval_from)
+    max_requests, n_candidates = args.max_requests, args.candidates
+    if args.quick:
+        max_requests, n_candidates = min(max_requests, 1_500), min(n_candidates, 300)
+    scale = n_candidates / 1000
+    config = OfflineConfig(
+        train_until_ms=train_until,
+        eval_from_ms=eval_from,
+        max_requests=max_requests,
+        rank_k=min(args.rank_k, n_candidates),
+        consistency_every=args.consistency_every,
+        batch_requests=args.batch_requests,
+        teacher_batch_requests=args.teacher_batch_requests,
+        candidates=CandidateConfig(
+            n_candidates=n_candidates, n_popular=round(300 * scale), n_author=round(150 * scale),
+            n_tag=round(250 * scale), seed=args.seed,
+        ),
+        seed=args.seed,
+    )  # fmt: skip
+    catalog = list(dataset.catalog.values())
+    arms = student_arms(modes, catalog, args.quick, args.seed)
+    if args.baselines:
+        arms += baseline_arms(catalog)
+    teacher = make_teacher(args.teacher, args.quick, args.seed)
+    report = OfflineFunnel(dataset, arms, teacher, config).run()
+    report["comparisons"] = comparisons(report["arms"], report["teacher"])
+    report["data"] = dataset.report.to_dict()
+    report["timing"]["load_s"] = load_s
+    report["run"] = {"argv": list(argv) if argv is not None else sys.argv[1:], "teacher": args.teacher,
+                     "quick": args.quick, "torch_threads": torch.get_num_threads()}
+    text = json.dumps(report, indent=2, default=float)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    print(summary_table(report))
+    return 0
+
+
+def summary_table(report: dict) -> str:
+    columns = ("auc_click", "auc_long_view", "gauc_long_view", "consistency_recall_at_50",
+               "consistency_recall_at_100", "consistency_recall_at_200", "zero_row_ratio", "export_size_reduction")
+    rows = [("arm", *columns)]
+    for name, arm in {**report["arms"], "teacher": report["teacher"]}.items():
+        rows.append((name, *(f"{arm[c]:.4f}" if isinstance(arm.get(c), float) else "-" for c in columns)))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
