@@ -9,6 +9,11 @@
 >>> consistency.add(teacher_scores=[3.0, 2.0, 1.0], student_scores=[0.0, 2.0, 1.0])
 >>> consistency.summary()
 {'consistency_recall_at_1': 0.0, 'consistency_recall_at_2': 0.0, 'consistency_requests': 1}
+>>> hits = HitRateLog("long_view", k=1)
+>>> hits.add(relevant=[False, True], scores=[0.2, 0.9]); hits.add(relevant=[True, False], scores=[0.2, 0.9])
+>>> hits.add(relevant=[False, False], scores=[0.2, 0.9])  # nothing relevant: not counted
+>>> hits.summary()
+{'hit_rate_long_view_at_1': 0.5}
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from replay.metrics import auc, consistency_recall, gauc
+from replay.metrics import auc, consistency_recall, gauc, hit_rate_at_k
 
 
 class FeedbackLog:
@@ -66,3 +71,20 @@ class ConsistencyLog:
         }
         out["consistency_requests"] = len(self._recalls[0]) if self._recalls else 0
         return out
+
+
+class HitRateLog:
+    """Share of requests with a relevant exposed item (e.g. long-viewed) in the arm's top-``k``."""
+
+    def __init__(self, label: str, k: int) -> None:
+        self.label = label
+        self.k = k
+        self._hits: list[float] = []
+
+    def add(self, relevant: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray) -> None:
+        value = hit_rate_at_k(relevant, scores, self.k)
+        if not np.isnan(value):
+            self._hits.append(value)
+
+    def summary(self) -> dict[str, float]:
+        return {f"hit_rate_{self.label}_at_{self.k}": float(np.mean(self._hits)) if self._hits else float("nan")}

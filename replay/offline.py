@@ -34,7 +34,7 @@ from models.features import ItemFeatures, RequestSample, UserFeatures
 from replay.arms import Arm
 from replay.candidates import CandidateConfig, CandidateGenerator
 from replay.dataset import Dataset
-from replay.evaluation import ConsistencyLog, FeedbackLog
+from replay.evaluation import ConsistencyLog, FeedbackLog, HitRateLog
 from replay.events import Request
 from replay.exceptions import ConfigError
 from replay.grouping import DEFAULT_GAP_MS, group_requests
@@ -119,6 +119,7 @@ class OfflineFunnel:
         self.feedback = {arm.name: FeedbackLog() for arm in self.arms}
         self.teacher_feedback = FeedbackLog()
         self.consistency = {arm.name: ConsistencyLog(config.labels.top_n, config.consistency_ks) for arm in self.arms}
+        self.hit_rate = {arm.name: HitRateLog("long_view", config.rank_k) for arm in self.arms}
         self._arm_batches: dict[str, list[RequestSample]] = {arm.name: [] for arm in self.arms}
         self._teacher_batch: list[RequestSample] = []
         self._candidate_build_s: list[float] = []
@@ -231,6 +232,10 @@ class OfflineFunnel:
 
     def _evaluate(self, request, arm_scores, objectives, teacher_at, teacher_full) -> None:
         position = {item_id: p for p, item_id in enumerate(dict.fromkeys(request.item_ids))}
+        for name, scores in arm_scores.items():
+            long_viewed = np.zeros(len(scores), dtype=bool)
+            long_viewed[[position[e.item_id] for e in request.exposures if e.long_view]] = True
+            self.hit_rate[name].add(long_viewed, scores)
         click_logits = objectives.get("click")
         long_view_logits = objectives.get("long_view")
         for exposure in request.exposures:
@@ -287,6 +292,7 @@ class OfflineFunnel:
                 arm.name: {
                     **self.feedback[arm.name].summary(),
                     **self.consistency[arm.name].summary(),
+                    **self.hit_rate[arm.name].summary(),
                     **arm.report(),
                 }
                 for arm in self.arms

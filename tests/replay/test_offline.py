@@ -92,6 +92,7 @@ def test_funnel_scores_before_learning_and_measures_consistency(dataset):
     # same scores, same AUC as the teacher's click logit
     assert arms["oracle"]["auc_click"] == pytest.approx(report["teacher"]["auc_click"])
     assert arms["reverse"]["auc_click"] == pytest.approx(1 - report["teacher"]["auc_click"])
+    assert 0.0 < arms["oracle"]["hit_rate_long_view_at_30"] < 1.0
 
     sampling = report["sampling"]
     assert sampling["replay_requests"] == arms["oracle"]["requests_scored"] == arms["oracle"]["samples_learned"]
@@ -136,13 +137,14 @@ def test_student_arm_runs_in_the_funnel(dataset):
     learner = StudentLearner(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=8, min_count=1),
                              objective=StudentObjective(mode="cascade"))
     arm = StudentArm("student", learner, list(dataset.catalog.values()), refresh_every=2)
-    config = make_config(dataset, max_requests=150)
+    config = make_config(dataset, max_requests=150, rank_k=250)  # top-K = every candidate
     report = OfflineFunnel(dataset, [arm], FakeTeacher(), config).run()
     student = report["arms"]["student"]
     assert 0.0 <= student["zero_row_ratio"] <= 1.0
     assert student["samples_learned"] == report["sampling"]["replay_requests"] > 0
     assert 0.0 <= student["auc_click"] <= 1.0 and student["item_vector_refreshes"] > 1
     assert report["sampling"]["user_sample_rate"] < 1.0
+    assert student["hit_rate_long_view_at_250"] == 1.0  # every long-viewed item is in the top-K
 
 
 def test_sampling_and_dates():
