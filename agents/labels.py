@@ -23,6 +23,8 @@ The rule, stated once:
 - Late: an event for a request already closed, or whose window would already be closed, is
   dropped (``late_rank_scores`` / ``late_impressions``). Closed ids are remembered for
   ``retention_ms`` of event time.
+- Future: an event stamped more than ``max_future_ms`` ahead of the wall clock is dropped
+  (``future_*``) without moving the watermark.
 - Duplicate: a second rank-scores for a pending request, or an impression with the same
   ``(item_id, position, ts_ms)`` as one held, is dropped (``duplicate_*``).
 
@@ -41,9 +43,10 @@ The rule, stated once:
 from __future__ import annotations
 
 import heapq
+import time
 import zlib
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -197,6 +200,7 @@ class JoinConfig:
 
     window_ms: int = 10 * 60_000
     retention_ms: int = 60 * 60_000
+    max_future_ms: int = 24 * 3_600_000  # events stamped further ahead of the wall clock are dropped
 
     def __post_init__(self) -> None:
         if self.window_ms < 0 or self.retention_ms < 0:
@@ -268,8 +272,10 @@ class LabelJoin:
         pending: MutableMapping[str, dict] | None = None,
         closed: MutableMapping[str, int] | None = None,
         watermark_ms: int | None = None,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.config = config
+        self.clock_ms = clock_ms
         self.pending: MutableMapping[str, dict] = {} if pending is None else pending
         self.closed: MutableMapping[str, int] = {} if closed is None else closed
         self.counters: Counter[str] = Counter()
@@ -280,6 +286,10 @@ class LabelJoin:
         heapq.heapify(self._deadlines)
         # Close times are watermarks, which never decrease: a FIFO is enough to expire them.
         self._closed_order = deque(sorted(self.closed, key=self.closed.__getitem__))
+
+    def _is_future(self, ts_ms: int) -> bool:
+        """A clock far ahead of real time would drag the watermark and make every event late."""
+        return ts_ms > self.clock_ms() + self.config.max_future_ms
 
     def _is_late(self, request_id: str, ts_ms: int) -> bool:
         return request_id in self.closed or (
@@ -295,6 +305,9 @@ class LabelJoin:
         candidates: Sequence[str] = (),
     ) -> list[PendingRequest]:
         """The fine ranker's scores of a request (``candidates``: ids of its whole candidate set)."""
+        if self._is_future(ts_ms):
+            self.counters["future_rank_scores"] += 1
+            return []
         if self._is_late(request_id, ts_ms):
             self.counters["late_rank_scores"] += 1
             return self._advance(ts_ms)
@@ -313,6 +326,9 @@ class LabelJoin:
     def add_impression(self, request_id: str, user_id: str, impression: ImpressionLike) -> list[PendingRequest]:
         """One exposure of a request, in any order relative to its rank-scores."""
         feedback = Feedback.of(impression)
+        if self._is_future(feedback.ts_ms):
+            self.counters["future_impressions"] += 1
+            return []
         if self._is_late(request_id, feedback.ts_ms):
             self.counters["late_impressions"] += 1
             return self._advance(feedback.ts_ms)

@@ -69,6 +69,8 @@ class VectorLRU:
         return found
 
     def gather(self, slots: np.ndarray) -> np.ndarray:
+        if self._matrix is None:
+            return np.zeros((len(slots), 0), dtype=np.float32)
         return self._matrix[slots]
 
     def put_many(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
@@ -141,6 +143,7 @@ class Scorer:
         self.model = None
         self.catalog: dict[str, ItemFeatures] = {}
         self.redis_ok = True
+        self._rejected: set[int] = set()
         self._checked_at = -float("inf")
 
     # --- version management ---------------------------------------------------------------
@@ -161,9 +164,15 @@ class Scorer:
         except RedisError as exc:
             self._redis_failed(exc)
             return False
-        if weights is None:  # expired between the two reads: try again next time
+        if weights is None or current in self._rejected:  # expired between the reads / known bad
             return False
-        self.model = self.load_model(weights)
+        try:
+            model = self.load_model(weights)
+        except ValueError as exc:  # a corrupt or foreign model file: keep serving the current one
+            log.error("model version %d rejected, still serving %s: %s", current, self.version, exc)
+            self._rejected.add(current)
+            return False
+        self.model = model
         self.version = current
         self.dtype = meta.get("dtype", self.dtype)
         self.lru.clear()
@@ -224,7 +233,8 @@ class Scorer:
             return self.lru.gather(slots), tiers, 0
         vectors = np.empty((len(item_ids), self._dim()), dtype=np.float32)
         hit = slots >= 0
-        vectors[hit] = self.lru.gather(slots[hit])
+        if hit.any():
+            vectors[hit] = self.lru.gather(slots[hit])
         unknown = 0
         if self.redis_ok:
             try:

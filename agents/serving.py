@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import redis
-from aiohttp import web as aioweb
+from faust import web as faust_web
 from pydantic import ValidationError
 
 from agents.app import Runtime
@@ -65,6 +65,19 @@ class Serving:
         return [self.catalog.get(item) or ItemFeatures(item) for item in item_ids]
 
 
+async def with_retries(write, what: str, first_delay_s: float = 0.2, max_delay_s: float = 5.0) -> None:
+    """Retry a Redis write until it succeeds: the catalog must not lose updates during an outage."""
+    delay = first_delay_s
+    while True:
+        try:
+            write()
+            return
+        except redis.RedisError as exc:
+            log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+
+
 def install(runtime: Runtime, metrics: PrerankMetrics, agents: set[str]) -> Serving:
     settings = runtime.settings
     app = runtime.app
@@ -82,13 +95,15 @@ def install(runtime: Runtime, metrics: PrerankMetrics, agents: set[str]) -> Serv
         async def catalog_agent(stream):
             async for event in stream.events():
                 if event.value is None and event.key is not None:  # compaction tombstone
-                    serving.store.delete_item(event.key.decode(errors="replace"))
+                    item_id = event.key.decode(errors="replace")
+                    serving.catalog.pop(item_id, None)
+                    await with_retries(lambda: serving.store.delete_item(item_id), "catalog delete")
                     continue
                 record = await runtime.decode(item_catalog.CODEC, event, "catalog")
                 if record is not None:
                     item = item_from_catalog(record)
                     serving.catalog[item.item_id] = item
-                    serving.store.put_items([item])
+                    await with_retries(lambda: serving.store.put_items([item]), "catalog write")
 
         @app.agent(runtime.topic("user_profiles"), name="profiles")
         async def profiles_agent(stream):
@@ -232,26 +247,39 @@ def _install_scorer(runtime: Runtime, serving: Serving, snapshot) -> None:
                 await runtime.dead_letter(error, event.key, event.value, "scorer")
                 metrics.scorer_errors_total.labels(reason="invalid_request").inc()
                 continue
-            response = answer(request)
+            try:
+                response = answer(request)
+            except Exception as exc:  # noqa: BLE001 - one bad request must not kill the agent
+                log.exception("scoring request %s failed", request.request_id)
+                metrics.scorer_errors_total.labels(reason="internal").inc()
+                response = ScoreResponse(request_id=request.request_id, user_id=request.user_id,
+                                         error=f"internal error: {type(exc).__name__}")
             await runtime.topic("score_responses").send(
                 key=request.user_id.encode(), value=score_responses.CODEC.encode(response)
             )
 
-    @app.page("/score")
-    async def score_http(web_view, request):
-        if request.method != "POST":
-            return aioweb.json_response({"error": "use POST with a JSON score request"}, status=405)
-        if request.content_length is None or request.content_length > MAX_HTTP_BODY:
-            return aioweb.json_response({"error": f"body must be 1..{MAX_HTTP_BODY} bytes"}, status=413)
-        try:
-            payload = json.loads(await request.read())
-            score_request = ScoreRequest.model_validate(payload)
-        except (ValueError, ValidationError) as exc:
-            metrics.scorer_errors_total.labels(reason="invalid_request").inc()
-            return aioweb.json_response({"error": f"invalid score request: {str(exc)[:500]}"}, status=400)
-        response = answer(score_request)
-        status = 200 if response.error is None else 422
-        return aioweb.json_response(response.model_dump(mode="json", exclude={"user"}), status=status)
+    class ScoreView(faust_web.View):
+        """``POST /score`` with a JSON score request: 400 bad input, 411 no length, 413 huge body."""
+
+        async def post(self, request, **kwargs):
+            length = request.content_length
+            if length is None:
+                return self.json({"error": "a Content-Length header is required"}, status=411)
+            if length > MAX_HTTP_BODY:
+                return self.json({"error": f"body of {length} bytes exceeds {MAX_HTTP_BODY}"}, status=413)
+            try:
+                body = await request.read()
+                if len(body) > MAX_HTTP_BODY:
+                    return self.json({"error": f"body exceeds {MAX_HTTP_BODY} bytes"}, status=413)
+                score_request = ScoreRequest.model_validate(json.loads(body))
+            except (ValueError, RecursionError, ValidationError) as exc:
+                metrics.scorer_errors_total.labels(reason="invalid_request").inc()
+                return self.json({"error": f"invalid score request: {str(exc)[:500]}"}, status=400)
+            response = answer(score_request)
+            status = 200 if response.error is None else 422
+            return self.json(response.model_dump(mode="json", exclude={"user"}), status=status)
+
+    app.page("/score")(ScoreView)
 
     @app.timer(interval=0.5)
     async def refresh_version():

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.exceptions import RedisError
 
-from agents.app import Runtime
+from agents.app import Runtime, ssl_context
 from agents.checkpoint import CheckpointDir
 from agents.convert import sample_from_record
 from agents.publishing import Publisher
@@ -172,6 +172,7 @@ class Trainer:
             security_protocol=kafka.security_protocol, sasl_mechanism=kafka.sasl_mechanism or "PLAIN",
             sasl_plain_username=kafka.sasl_username,
             sasl_plain_password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            ssl_context=ssl_context(kafka),
         )
         await consumer.start()
         loop = asyncio.get_running_loop()
@@ -250,15 +251,21 @@ class Trainer:
         worker = self.settings.worker
         now = time.monotonic()
         learned = self.state.counters["samples"]
-        if (self.publisher is not None and learned != self._published_samples
-                and now - self._last_publish >= worker.publish_interval_s):
+        if self.publisher is not None and now - self._last_publish >= worker.publish_interval_s:
             self._last_publish = now
             try:
+                # New samples make a new version; an emptied store (Redis restarted) gets the
+                # current model again even without new data.
+                if learned == self._published_samples and not await loop.run_in_executor(None, self._store_is_empty):
+                    return await self._maybe_checkpoint(loop)
                 await loop.run_in_executor(self.executor, self.publish)
                 self._published_samples = learned
             except (RedisError, OSError) as exc:  # the next interval retries; training goes on
                 log.warning("publish failed, will retry: %s", exc)
-        if self._dirty and now - self._last_checkpoint >= worker.checkpoint_interval_s:
+        await self._maybe_checkpoint(loop)
+
+    async def _maybe_checkpoint(self, loop) -> None:
+        if self._dirty and time.monotonic() - self._last_checkpoint >= self.settings.worker.checkpoint_interval_s:
             await loop.run_in_executor(self.executor, self.checkpoint)
 
     async def _maybe_record_lag(self, consumer: AIOKafkaConsumer) -> None:

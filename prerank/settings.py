@@ -79,7 +79,9 @@ class RedisSettings(BaseModel):
         if self.password is not None:
             kwargs["password"] = self.password.get_secret_value()
         if self.tls:
-            kwargs["ssl"] = True
+            import redis
+
+            kwargs["connection_class"] = redis.SSLConnection
             if self.tls_ca_certs is not None:
                 kwargs["ssl_ca_certs"] = str(self.tls_ca_certs)
         return kwargs

@@ -88,6 +88,8 @@ class Codec(Generic[R]):
             payload = self._parse(raw)
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
             raise RecordError(f"invalid {self.format.upper()}: {exc}", **where) from exc
+        except RecursionError:
+            raise RecordError(f"invalid {self.format.upper()}: nested too deeply", **where) from None
         if not isinstance(payload, dict):
             raise RecordError(f"expected an object, got {type(payload).__name__}", **where)
         version = payload.pop("v", None)

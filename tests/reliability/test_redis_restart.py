@@ -137,15 +137,11 @@ def test_scorer_recovers_and_serves_the_new_version(outage, measure):
     assert {r.model_version for r in after.values()} == {outage["version_after"]}
 
 
-@pytest.mark.xfail(strict=True, reason="publisher republishes only after new samples: "
-                   "agents/trainer.py Trainer._maybe_publish_and_checkpoint skips when learned == _published_samples")
 def test_publisher_republishes_the_current_model_without_new_data(outage, measure):
     measure("republished_without_data_s", outage["republished_without_data_s"])
     assert outage["republished_without_data_s"] is not None
 
 
-@pytest.mark.xfail(strict=True, reason="the catalog agent dies on the first RedisError and never restarts: "
-                   "agents/serving.py catalog_agent must retry store writes instead of raising")
 def test_catalog_updates_during_and_after_the_outage_are_not_lost(outage, measure):
     during, after = outage["catalog_items"]
     measure("catalog_update_during_outage_lost", int(during is None))

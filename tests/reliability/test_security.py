@@ -123,8 +123,6 @@ def test_local_redis_speaks_tls_with_the_ca_and_refuses_without_it(tls_redis, me
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="prerank/settings.py RedisSettings.client_kwargs passes "
-                   "ssl=True, which Redis.from_url rejects; use connection_class=redis.SSLConnection and ssl_ca_certs")
 def test_redis_tls_settings_reach_the_client(tls_redis):
     assert _client(tls_redis).ping()
 
@@ -164,8 +162,6 @@ def test_worker_uses_the_redis_password_and_never_logs_it(locked_redis, tmp_path
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="agents/scoring.py Scorer.refresh lets ExportError escape: the "
-                   "refresh_version timer crashes the whole worker on a corrupt version")
 def test_scorer_keeps_serving_when_a_corrupt_model_version_is_published(stack_settings, tmp_path, measure, cleanup):
     version = publish_model(stack_settings)
     worker, ask = _scorer(stack_settings, tmp_path, cleanup)
