@@ -201,3 +201,19 @@ def test_join_resumes_exactly_from_json_state(spec, seed, window, data):
 def test_pending_request_round_trip():
     part = PendingRequest("r", "u", 5, (Ranked("a", 0, {"click": 1.5}),), ("a", "b"), [Feedback("a", 6, 1, 1, 0, 1, 20)])
     assert PendingRequest.from_dict(json.loads(json.dumps(part.to_dict()))) == part
+
+
+def test_pure_modules_import_no_broker_or_store_client():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, agents.labels, agents.history\n"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & {'faust', 'kafka', 'aiokafka', 'redis'})\n"
+        "print(','.join(bad))\n"
+    )
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
+    assert result.stdout.strip() == ""
