@@ -8,7 +8,13 @@ events at or after ``--eval-from``), consistency recall@50/100/200 of the teache
 all-zero embedding-row ratio and the pruned export size cut, plus the ratios the targets name.
 
     python -m bench.quality --data /work/shared/data/kuairand-pure --baselines --json quality.json
-    python -m bench.quality --quick            # a smoke run on synthetic data, ~1 minute
+    python -m bench.quality --quick            # a smoke run on synthetic data, a few minutes
+
+Time budget: the teacher learns every request (pre-fit, then online), but the funnel replays only
+a deterministic sample of users sized to ``--max-requests`` (default 5,000: about 7 minutes on 2
+busy cores for the three students; ``--baselines`` adds about half again). The JSON's
+``sampling`` section says what was replayed; ``timing`` has the phases and the median candidate
+build time. Raise ``--max-requests`` for tighter numbers when there is time.
 """
 
 from __future__ import annotations
