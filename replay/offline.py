@@ -179,11 +179,12 @@ class OfflineFunnel:
             self._teacher_batch = []
 
     # ------------------------------------------------------------------ one request
-    def _prefit(self, request: Request) -> None:
+    def _teacher_only(self, request: Request, counter: str) -> None:
+        """A request outside the funnel (pre-fit period or unsampled user): the teacher learns it."""
         self._teacher_batch.append(self._teacher_sample(request, self._snapshot(request)))
         self._learn()
         self._after(request)
-        self.counts["prefit_requests"] += 1
+        self.counts[counter] += 1
 
     def _replay(self, request: Request, evaluate: bool) -> None:
         config = self.config
@@ -214,13 +215,9 @@ class OfflineFunnel:
 
         feedback = self._feedback(request)
         for arm in self.arms:
+            # the fine ranker ranks what this arm let through, plus what was shown (it passed the funnel)
             ranked_positions = np.unique(np.concatenate([exposed_positions, arm_tops[arm.name]]))
-            rows = [teacher_at[int(p)] for p in ranked_positions]
-            order = np.argsort(-combined[rows], kind="stable")
-            ranked = [
-                Ranked(items[ranked_positions[j]].item_id, rank, {o: float(v[rows[j]]) for o, v in objectives.items()})
-                for rank, j in enumerate(order)
-            ]
+            ranked = _rank(items, ranked_positions, [teacher_at[int(p)] for p in ranked_positions], objectives, combined)
             self._arm_batches[arm.name].append(
                 build_request_sample(request.request_id, request.ts_ms, user, items, ranked, feedback, config.labels)
             )
@@ -230,7 +227,14 @@ class OfflineFunnel:
         self._learn()
         self._after(request)
 
-    def _evaluate(self, request, arm_scores, objectives, teacher_at, teacher_full) -> None:
+    def _evaluate(
+        self,
+        request: Request,
+        arm_scores: Mapping[str, np.ndarray],
+        objectives: Mapping[str, np.ndarray],
+        teacher_at: Mapping[int, int],
+        teacher_full: np.ndarray | None,
+    ) -> None:
         position = {item_id: p for p, item_id in enumerate(dict.fromkeys(request.item_ids))}
         for name, scores in arm_scores.items():
             long_viewed = np.zeros(len(scores), dtype=bool)
@@ -265,16 +269,13 @@ class OfflineFunnel:
         in_prefit = True
         for request in requests:
             if request.ts_ms < config.train_until_ms:
-                self._prefit(request)
+                self._teacher_only(request, "prefit_requests")
                 continue
             if in_prefit:
                 self._learn(force=True)
                 prefit_s, phase_start, in_prefit = time.perf_counter() - phase_start, time.perf_counter(), False
             if not user_in_sample(request.user_id, rate, config.seed):
-                self._teacher_batch.append(self._teacher_sample(request, self._snapshot(request)))
-                self._learn()
-                self._after(request)
-                self.counts["skipped_users_requests"] += 1
+                self._teacher_only(request, "skipped_users_requests")
                 continue
             self._replay(request, evaluate=request.ts_ms >= config.eval_from_ms)
             self.counts["replay_requests"] += 1
@@ -311,6 +312,24 @@ class OfflineFunnel:
             },
             "config": _jsonable(asdict(config)),
         }
+
+
+def _rank(
+    items: Sequence[ItemFeatures],
+    positions: np.ndarray,
+    rows: Sequence[int],
+    objectives: Mapping[str, np.ndarray],
+    combined: np.ndarray,
+) -> list[Ranked]:
+    """The fine ranker's output for candidate ``positions``: rank 0 = highest combined teacher score.
+
+    ``rows[j]`` is the row of ``positions[j]`` in the teacher's score arrays.
+    """
+    order = np.argsort(-combined[list(rows)], kind="stable")
+    return [
+        Ranked(items[positions[j]].item_id, rank, {o: float(v[rows[j]]) for o, v in objectives.items()})
+        for rank, j in enumerate(order)
+    ]
 
 
 def _jsonable(value):

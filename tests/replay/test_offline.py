@@ -54,6 +54,7 @@ class RecordingRanker:
 
     def learn_many(self, samples):
         self.journal.extend(("learn", s.request_id) for s in samples)
+        self.samples = getattr(self, "samples", []) + list(samples)
         return {"loss": 0.0}
 
 
@@ -168,3 +169,20 @@ def test_config_validation(dataset):
     with pytest.raises(ConfigError):
         OfflineFunnel(dataset, [arm, arm], FakeTeacher(), make_config(dataset))
     assert math.isfinite(make_config(dataset).train_until_ms)
+
+
+def test_cascade_positives_are_the_teachers_best_of_what_the_arm_let_through(dataset):
+    ranker = RecordingRanker(-1.0, [])
+    config = make_config(dataset, max_requests=100)
+    OfflineFunnel(dataset, [RankerArm("reverse", ranker, list(dataset.catalog.values()))], FakeTeacher(), config).run()
+    assert ranker.samples
+    for sample in ranker.samples:
+        combined = np.array(sample.teacher_logits["click"]) + np.array(sample.teacher_logits["long_view"]) \
+            + 0.5 * np.array(sample.teacher_logits["like"])
+        scored = ~np.isnan(combined)
+        # the arm's top-30 (plus exposed items) were ranked; the easy negatives were not
+        assert 30 <= scored.sum() <= 30 + len(sample.items) - config.labels.n_easy_negatives
+        positives = np.array(sample.cascade) == 1
+        assert positives.sum() == config.labels.top_n
+        assert combined[positives].min() >= combined[scored & ~positives].max()
+        assert all(label == -1 for label, s in zip(sample.click, scored) if not s)  # easy negatives unexposed
