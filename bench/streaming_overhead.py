@@ -130,7 +130,7 @@ def run_memory(settings: Settings, batches) -> Steps:
 class NoProgressiveAUC:
     """Stands in for the trainer's progressive AUC: isolates what the broker path itself costs."""
 
-    def observe(self, learner, samples) -> None:
+    def observe(self, samples, pair_logits) -> None:
         return None
 
     def aucs(self) -> dict[str, float]:
@@ -144,16 +144,16 @@ def breakdown_ms(settings: Settings, encoded_batches) -> dict[str, float]:
     from streams.training_samples import CODEC
 
     learner, progressive = new_learner(settings), ProgressiveAUC()
-    parts: dict[str, list[float]] = {"decode": [], "convert": [], "progressive_auc": [], "learn": []}
+    parts: dict[str, list[float]] = {"decode": [], "convert": [], "learn": [], "progressive_auc": []}
     for index, batch in enumerate(encoded_batches):
         times = [time.perf_counter()]
         records = [CODEC.decode(value) for value in batch]
         times.append(time.perf_counter())
         samples = [sample_from_record(record) for record in records]
         times.append(time.perf_counter())
-        progressive.observe(learner, samples)
-        times.append(time.perf_counter())
         learner.learn_many(samples)
+        times.append(time.perf_counter())
+        progressive.observe(samples, learner.last_pair_logits)  # the learner's pre-update logits
         times.append(time.perf_counter())
         if index > 0:  # the first step initialises lazily
             for name, start, end in zip(parts, times, times[1:]):
