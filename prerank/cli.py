@@ -85,6 +85,38 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    """The main job: local stack up, the funnel replayed through the real agents, the report."""
+    from prerank import stack
+    from replay.command import run_replay
+    from replay.report import write_report
+
+    print("starting the local stack (Kafka, Redis, Prometheus on 127.0.0.1) ...")
+    for name, seconds in stack.up(settings, with_prometheus=True).items():
+        print(f"  {name:<11} ready after {seconds:5.1f}s")
+    data = args.data or settings.data
+    if not Path(data).exists():
+        print(f"!! no dataset at {data}: replaying SYNTHETIC data (set PRERANK_DATA or --data for real logs)")
+        data = None
+    report = run_replay(
+        settings, data, ["cascade", "impressions"], None, args.report_dir, baselines=True,
+        max_requests=args.max_requests, n_candidates=args.candidates, progress=_print_progress,
+    )
+    print()
+    print(write_report(args.report_dir, report))
+    print(f"\nreport: {args.report_dir / 'report.json'}, {args.report_dir / 'report.md'}")
+    print(f"Prometheus: http://{settings.stack.host}:{settings.stack.prometheus_port} (the stack stays up; "
+          "`prerank stack down` stops it)")
+    return 0
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from replay.report import write_report
+
+    print(write_report(args.report_dir))
+    return 0
+
+
 def _print_progress(state: dict) -> None:
     if "requests" in state:
         print(f"\r[{state.get('mode', '')}] {state['requests']}/{state['total']} requests "
@@ -127,13 +159,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", action="store_true", help="use the synthetic generator instead of data")
     p.add_argument("--until", default=None, help="last date (exclusive), YYYY-MM-DD")
     p.add_argument("--train-until", default=None, help="pre-fit the fine ranker before this date (default: --eval-from)")
-    p.add_argument("--eval-from", required=True, help="metrics cover events at or after this date")
+    p.add_argument("--eval-from", default=None, help="metrics cover events at or after this date (default: the last two days)")
     p.add_argument("--mode", action="append", choices=("cascade", "distill", "impressions"))
     p.add_argument("--baselines", action="store_true", help="also evaluate global CTR, LR-FTRL and an online tree")
     p.add_argument("--max-requests", type=int, default=3000, help="user-sampled requests streamed per mode")
     p.add_argument("--candidates", type=int, default=1000, help="candidates per request")
     p.add_argument("--report-dir", type=Path, default=Path("reports/replay"))
     p.set_defaults(run=_replay)
+
+    p = sub.add_parser("demo", help="the main job: stack up, replay KuaiRand through the agents, report")
+    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: PRERANK_DATA / settings.data)")
+    p.add_argument("--max-requests", type=int, default=600, help="user-sampled requests streamed per mode")
+    p.add_argument("--candidates", type=int, default=1000)
+    p.add_argument("--report-dir", type=Path, default=Path("reports/demo"))
+    p.set_defaults(run=_demo)
+
+    p = sub.add_parser("report", help="write report.md and plots from a replay's report.json")
+    p.add_argument("--report-dir", type=Path, default=Path("reports/replay"))
+    p.set_defaults(run=_report)
 
     p = sub.add_parser("bench", help="run a benchmark; writes JSON with --json PATH")
     p.add_argument("name", choices=BENCHES)
@@ -150,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     settings = load_settings()
+    import torch
+
+    # Workers, the replay and Kafka share two cores: more than one thread per process oversubscribes
+    # them and OpenMP's spinning threads make every step many times slower.
+    torch.set_num_threads(settings.worker.torch_threads)
     try:
         return args.run(args, settings)
     except PrerankError as exc:

@@ -58,7 +58,7 @@ def wait_until_learned(store, expected_records_hint: int, timeout_s: float, quie
 
 
 def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teacher, prefit, streamed,
-             work: Path, run_id: str, progress) -> dict:
+             work: Path, run_id: str, progress, baselines: dict | None = None) -> tuple[dict, dict]:
     from agents.serving import redis_client
     from agents.store import ModelStore
     from streams.registry import create_topics
@@ -83,7 +83,8 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
                     raise RuntimeError(f"{worker.log_path} worker died:\n{worker.log_tail()}")
             time.sleep(0.5)
         time.sleep(3.0)  # consumer groups settle before the first request
-        replay = StreamingReplay(ms, state, teacher, progress=lambda p: progress({"mode": mode, **p}))
+        replay = StreamingReplay(ms, state, teacher, progress=lambda p: progress({"mode": mode, **p}),
+                                 baselines=baselines)
         result = replay.run(streamed)
         meta = wait_until_learned(store, result["counts"]["answered"], timeout_s=180)
     finally:
@@ -100,11 +101,37 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
         "export_bytes_unpruned": unpruned,
         "final_version": meta.get("version"),
     })
-    return result
+    return result, replay.baseline_summaries()
+
+
+DAY_MS = 86_400_000
+UTC_OFFSET_MS = 8 * 3_600_000  # KuaiRand's dates are Beijing time
+
+
+def default_dates(dataset, eval_days: int = 2) -> tuple[int, int]:
+    """(train_until, eval_from): evaluate the last ``eval_days`` local days, pre-fit before the day
+    before them.
+
+    >>> from types import SimpleNamespace
+    >>> from replay.offline import local_date_ms
+    >>> log = SimpleNamespace(exposures=[SimpleNamespace(ts_ms=local_date_ms("2022-04-25") + 5),
+    ...                                  SimpleNamespace(ts_ms=local_date_ms("2022-05-05") + 9)])
+    >>> [d == local_date_ms(day) for d, day in zip(default_dates(log), ("2022-05-03", "2022-05-04"))]
+    [True, True]
+    """
+    last_day = (dataset.exposures[-1].ts_ms + UTC_OFFSET_MS) // DAY_MS * DAY_MS - UTC_OFFSET_MS
+    eval_from = last_day - (eval_days - 1) * DAY_MS
+    return eval_from - DAY_MS, eval_from
+
+
+def new_baselines() -> dict:
+    from models.baselines import GlobalCTR, LogisticFTRL, OnlineTree
+
+    return {"global_ctr": GlobalCTR(), "logistic_ftrl": LogisticFTRL(), "online_tree": OnlineTree()}
 
 
 def run_replay(
-    settings: Settings, data: Path | None, modes: list[str], eval_from: str, report_dir: Path,
+    settings: Settings, data: Path | None, modes: list[str], eval_from: str | None, report_dir: Path,
     until: str | None = None, train_until: str | None = None, baselines: bool = False,
     max_requests: int | None = 3000, n_candidates: int = 1000, progress=print,
 ) -> dict:
@@ -116,9 +143,10 @@ def run_replay(
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     dataset = load_dataset(data)
-    eval_from_ms = local_date_ms(eval_from)
+    default_train_until, default_eval_from = default_dates(dataset)
+    eval_from_ms = local_date_ms(eval_from) if eval_from else default_eval_from
     config = StreamConfig(
-        train_until_ms=local_date_ms(train_until) if train_until else eval_from_ms,
+        train_until_ms=local_date_ms(train_until) if train_until else min(default_train_until, eval_from_ms),
         eval_from_ms=eval_from_ms, until_ms=local_date_ms(until) if until else None,
         max_requests=max_requests, candidates=replace(CandidateConfig(), n_candidates=n_candidates),
     )
@@ -129,12 +157,14 @@ def run_replay(
     prefit_info = prefit_teacher(ReplayState(dataset, config), teacher, prefit)
     teacher.save(work / "teacher.safetensors")
     report: dict = {}
-    for mode in modes:
-        report[mode] = run_mode(settings, mode, dataset, config, teacher, prefit, streamed, work, run_id, progress)
-    if baselines:
-        from replay.baselines_offline import run_baselines
-
-        report.update(run_baselines(dataset, config, teacher, prefit, streamed))
+    baseline_results: dict = {}
+    for index, mode in enumerate(modes):
+        # Baselines ride along the first mode's replay: same requests, same candidates.
+        riders = new_baselines() if baselines and index == 0 else None
+        report[mode], from_baselines = run_mode(settings, mode, dataset, config, teacher, prefit, streamed,
+                                                work, run_id, progress, riders)
+        baseline_results.update(from_baselines)
+    report.update(baseline_results)
     details = {name: result.pop("latencies_ms", []) for name, result in report.items()}
     run = {"sampling": sampling, "prefit": prefit_info, "total_s": time.perf_counter() - started,
            "data": str(data) if data else "synthetic", "eval_from": eval_from, "until": until,

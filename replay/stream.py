@@ -138,7 +138,7 @@ class StreamingReplay:
 
     def __init__(
         self, settings: Settings, state: ReplayState, teacher,
-        progress: Callable[[dict], None] | None = None,
+        progress: Callable[[dict], None] | None = None, baselines: Mapping[str, object] | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -154,6 +154,14 @@ class StreamingReplay:
         self.counts = {"sent": 0, "answered": 0, "errors": 0, "timeouts": 0, "eval_requests": 0,
                        "impressions": 0}
         self.versions: set[int] = set()
+        # The article's older pre-rankers, scored in process on exactly the same requests and
+        # candidates, learning from the same logged feedback (they are not part of the system).
+        self.baselines = dict(baselines or {})
+        self.baseline_feedback = {name: FeedbackLog() for name in self.baselines}
+        self.baseline_consistency = {name: ConsistencyLog(self.config.consistency_n, self.config.consistency_ks)
+                                     for name in self.baselines}
+        self._baseline_batch = []
+        self.baseline_samples = 0
 
     def topic(self, key: str) -> str:
         return self.settings.topics.name(TOPIC_MODULES[key].TOPIC.name)
@@ -247,6 +255,8 @@ class StreamingReplay:
                 self.tiers[tier] = self.tiers.get(tier, 0) + count
             if request.ts_ms >= self.config.eval_from_ms:
                 self._evaluate(pending, response)
+        if self.baselines:
+            self._baselines_learn(pending)
         for position, exposure in enumerate(request.exposures):
             record = Impression(
                 request_id=request.request_id, user_id=request.user_id, item_id=exposure.item_id,
@@ -271,15 +281,43 @@ class StreamingReplay:
             self.feedback.add(request.user_id, exposure.click, exposure.long_view, score, score)
             self.teacher_feedback.add(request.user_id, exposure.click, exposure.long_view,
                                       float(teacher["click"][j]), float(teacher["long_view"][j]))
+        for name, baseline in self.baselines.items():
+            scores = baseline.score(pending.user, exposed_items)
+            for j, exposure in enumerate(request.exposures):
+                self.baseline_feedback[name].add(request.user_id, exposure.click, exposure.long_view,
+                                                 float(scores[j]), float(scores[j]))
         if (self.counts["eval_requests"] - 1) % self.config.consistency_every == 0:
             items = [self.state.dataset.catalog[i] for i in pending.candidates]
             objectives = self.teacher.score_objectives(pending.user, items)
             teacher_full = np.asarray(combine(objectives, self.teacher.objective_weights), dtype=np.float64)
+            for name, baseline in self.baselines.items():
+                self.baseline_consistency[name].add(teacher_full, baseline.score(pending.user, items))
             student = np.full(len(items), -np.inf)
             position = {item_id: p for p, item_id in enumerate(pending.candidates)}
             for rank, scored in enumerate(response.items):  # only the top-k travels back: ranks suffice
                 student[position[scored.item_id]] = -rank
             self.consistency.add(teacher_full, student)
+
+    def _baselines_learn(self, pending: Outstanding, batch: int = 32) -> None:
+        request = pending.request
+        items = [self.state.dataset.catalog[i] for i in request.item_ids]
+        self._baseline_batch.append(build_request_sample(
+            request.request_id, request.ts_ms, pending.user, items, (), feedback_of(request),
+            LabelConfig(top_n=1, n_easy_negatives=0)))
+        if len(self._baseline_batch) >= batch:
+            for baseline in self.baselines.values():
+                baseline.learn_many(self._baseline_batch)
+            self.baseline_samples += sum(s.n_items for s in self._baseline_batch)
+            self._baseline_batch = []
+
+    def baseline_summaries(self) -> dict[str, dict]:
+        return {
+            name: {**self.baseline_feedback[name].summary(), **self.baseline_consistency[name].summary(),
+                   "path": "in-process baseline on the streamed requests", "requests": self.counts["eval_requests"],
+                   "samples_learned": self.baseline_samples, "zero_row_ratio": float("nan"),
+                   "export_size_reduction": float("nan")}
+            for name in self.baselines
+        }
 
     def _report_progress(self, index: int, total: int, started: float, outstanding) -> None:
         elapsed = time.perf_counter() - started
