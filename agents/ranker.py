@@ -10,6 +10,7 @@ negatives, from which the joiner draws the cascade's easy negatives.
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 import numpy as np
 
@@ -47,6 +48,25 @@ def rank_response(response: ScoreResponse, teacher, items: list[ItemFeatures], r
     )
 
 
+class ConsistencyMonitor:
+    """Online consistency: on audited responses the teacher scores every candidate; the recall of
+    its top-``n`` inside the pre-ranker's top-k (k = 50, 100, 200), averaged over a window."""
+
+    def __init__(self, n: int = 10, ks: tuple[int, ...] = (50, 100, 200), window: int = 200) -> None:
+        self.n = n
+        self.recalls = {k: deque(maxlen=window) for k in ks}
+
+    def observe(self, response: ScoreResponse, teacher, features) -> dict[int, float]:
+        candidates = list(dict.fromkeys(response.audit_candidates))
+        objectives = teacher.score_objectives(user_from_snapshot(response.user), features(candidates))
+        combined = np.asarray(combine(objectives, teacher.objective_weights))
+        best = {candidates[i] for i in np.argsort(-combined, kind="stable")[: self.n]}
+        ranked = [item.item_id for item in response.items]
+        for k, window in self.recalls.items():
+            window.append(len(best & set(ranked[:k])) / len(best))
+        return {k: float(np.mean(window)) for k, window in self.recalls.items()}
+
+
 def install(runtime: Runtime, metrics: PrerankMetrics, serving=None):
     from models.teacher import TeacherLearner
 
@@ -65,6 +85,8 @@ def install(runtime: Runtime, metrics: PrerankMetrics, serving=None):
                 catalog[item_id] = found or ItemFeatures(item_id)
         return [catalog[i] for i in item_ids]
 
+    consistency = ConsistencyMonitor(n=settings.model.top_n)
+
     @runtime.app.agent(runtime.topic("score_responses"), name="ranker")
     async def ranker(stream):
         async for event in stream.events():
@@ -73,6 +95,9 @@ def install(runtime: Runtime, metrics: PrerankMetrics, serving=None):
                 continue
             top = features([i.item_id for i in response.items[: settings.worker.rank_k]])
             ranked = rank_response(response, teacher, top, settings.worker.rank_k)
+            if ranked is not None and response.audit_candidates:
+                for k, recall in consistency.observe(response, teacher, features).items():
+                    metrics.set_consistency_recall(k, recall)
             if ranked is not None:
                 await runtime.topic("rank_scores").send(
                     key=response.user_id.encode(), value=rank_scores.CODEC.encode(ranked)

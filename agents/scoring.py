@@ -128,6 +128,7 @@ class Scorer:
         max_k: int = 1000,
         refresh_interval_s: float = 0.2,
         easy_negatives: int = 20,
+        audit_every: int = 20,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
@@ -138,6 +139,7 @@ class Scorer:
         self.max_k = max_k
         self.refresh_interval_s = refresh_interval_s
         self.easy_negatives = easy_negatives
+        self.audit_every = audit_every
         self.clock = clock
         self.version: int | None = None
         self.model = None
@@ -210,11 +212,17 @@ class Scorer:
         return ScoreResponse(
             item_scores={item: float(logits[position[item]]) for item in request.score_items if item in position},
             negatives=self._easy_negatives(request, best),
+            audit_candidates=list(candidates) if self._audited(request) else [],
             request_id=request.request_id, user_id=request.user_id,
             items=[ScoredItem(item_id=candidates[i], score=float(logits[i])) for i in best],
             model_version=self.version, latency_ms=(time.perf_counter() - started) * 1000,
             cache_tiers=tiers, unknown_items=unknown, degraded=[] if self.redis_ok else [REDIS_DOWN],
         )
+
+    def _audited(self, request: ScoreRequest) -> bool:
+        """1 in ``audit_every`` requests (by request id) ships its whole candidate set, so the fine
+        ranker can score all of it and measure consistency online."""
+        return self.audit_every > 0 and zlib.crc32(request.request_id.encode()) % self.audit_every == 0
 
     def _easy_negatives(self, request: ScoreRequest, best: np.ndarray) -> list[str]:
         """A seeded sample of the candidates outside the top-k: the joiner's easy negatives."""

@@ -211,7 +211,7 @@ def _install_scorer(runtime: Runtime, serving: Serving, snapshot) -> None:
     scorer = Scorer(
         serving.store, load_student, dtype=worker.vector_dtype, lru_items=worker.local_cache_items,
         max_candidates=worker.max_candidates, max_k=worker.max_k,
-        easy_negatives=settings.model.easy_negatives,
+        easy_negatives=settings.model.easy_negatives, audit_every=worker.audit_every,
     )
     metrics = serving.metrics
 

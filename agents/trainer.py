@@ -114,6 +114,8 @@ class Trainer:
         self._last_publish = 0.0
         self._published_samples = 0
         self._lag_at = 0.0
+        self._unpublished_ts_ms: list[int] = []  # produce times of records not yet in a version
+        self._rows_seen: dict[str, int] = {}
         self._stopping = False
 
     def _restore(self) -> TrainerState:
@@ -157,8 +159,17 @@ class Trainer:
         self.metrics.published_versions_total.inc()
         self.metrics.publish_deleted_items_total.inc(meta["deleted"])
         self.metrics.set_model_version("publisher", meta["version"], meta["created_at_ms"] / 1000)
+        # Freshness: from a training record's production (the joiner emits it as soon as the
+        # request's impressions are joined) to its item vectors being readable in a version.
+        published_at_ms = meta["created_at_ms"]
+        for produced_ms in self._unpublished_ts_ms:
+            self.metrics.freshness_seconds.observe(max(0.0, (published_at_ms - produced_ms) / 1000))
+        self._unpublished_ts_ms = []
         for name, table in learner.student.tables.items():
-            self.metrics.embedding_rows.labels(table=name).set(len(table.id_map))
+            rows = len(table.id_map)
+            self.metrics.embedding_admissions_total.labels(table=name).inc(max(0, rows - self._rows_seen.get(name, 0)))
+            self._rows_seen[name] = rows
+            self.metrics.embedding_rows.labels(table=name).set(rows)
             self.metrics.embedding_zero_rows_ratio.labels(table=name).set(table.zero_row_ratio())
         self.metrics.embedding_evictions_total.labels(table="item").inc(meta["deleted"])
         for label, value in self.progressive.aucs().items():
@@ -193,6 +204,7 @@ class Trainer:
                         record = await self._decode(message)
                         if record is not None:
                             records.append(record)
+                            self._unpublished_ts_ms.append(message.timestamp)
                         self.state.offsets[str(tp.partition)] = message.offset + 1
                 if records:
                     result = await loop.run_in_executor(self.executor, self.learn, records)

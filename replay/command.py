@@ -58,7 +58,8 @@ def wait_until_learned(store, expected_records_hint: int, timeout_s: float, quie
 
 
 def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teacher, prefit, streamed,
-             work: Path, run_id: str, progress, baselines: dict | None = None) -> tuple[dict, dict]:
+             work: Path, run_id: str, progress, baselines: dict | None = None,
+             on_started=None) -> tuple[dict, dict]:
     from agents.serving import redis_client
     from agents.store import ModelStore
     from streams.registry import create_topics
@@ -83,6 +84,8 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
                     raise RuntimeError(f"{worker.log_path} worker died:\n{worker.log_tail()}")
             time.sleep(0.5)
         time.sleep(3.0)  # consumer groups settle before the first request
+        if on_started is not None:
+            on_started(ms)
         replay = StreamingReplay(ms, state, teacher, progress=lambda p: progress({"mode": mode, **p}),
                                  baselines=baselines)
         result = replay.run(streamed)
@@ -133,8 +136,10 @@ def new_baselines() -> dict:
 def run_replay(
     settings: Settings, data: Path | None, modes: list[str], eval_from: str | None, report_dir: Path,
     until: str | None = None, train_until: str | None = None, baselines: bool = False,
-    max_requests: int | None = 3000, n_candidates: int = 1000, progress=print,
+    max_requests: int | None = 3000, n_candidates: int = 1000, progress=print, on_mode_started=None,
 ) -> dict:
+    """Replay ``data`` (None: synthetic) once per mode; ``on_mode_started(settings)`` is called when
+    a mode's workers are up (e.g. to attach a monitor)."""
     from models.teacher import TeacherLearner
 
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +167,7 @@ def run_replay(
         # Baselines ride along the first mode's replay: same requests, same candidates.
         riders = new_baselines() if baselines and index == 0 else None
         report[mode], from_baselines = run_mode(settings, mode, dataset, config, teacher, prefit, streamed,
-                                                work, run_id, progress, riders)
+                                                work, run_id, progress, riders, on_mode_started)
         baseline_results.update(from_baselines)
     report.update(baseline_results)
     details = {name: result.pop("latencies_ms", []) for name, result in report.items()}

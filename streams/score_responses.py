@@ -30,6 +30,7 @@ class ScoreResponse(Record):
     error: str | None = None
     ts_ms: int = Field(default=0, ge=0)
     item_scores: dict[str, float] = Field(default_factory=dict)  # for the request's score_items
+    audit_candidates: list[Id] = Field(default_factory=list, max_length=5000)  # all candidates, 1 in N
     negatives: list[Id] = Field(default_factory=list, max_length=1000)  # sampled non-top-k candidates
     user: UserSnapshot | None = None  # the features the scorer used (feature logging, no leakage)
 

@@ -39,3 +39,59 @@ def test_short_replay_through_the_agents_writes_a_report(stack_settings, tmp_pat
     table = write_report(tmp_path)
     assert table.splitlines()[0].split(" | ")[1:-1] == list(COLUMNS[:-1])
     assert (tmp_path / "report.md").exists() and (tmp_path / "quality.png").stat().st_size > 0
+
+
+@pytest.mark.prometheus
+def test_every_dashboard_panel_has_data_from_real_workers_during_a_replay(stack_settings, tmp_path):
+    """A real Prometheus scrapes the replay's real workers; every panel query returns data."""
+    import subprocess
+    import time
+    import urllib.parse
+    import urllib.request
+
+    import yaml
+
+    from monitoring.dashboard import load_dashboard
+    from monitoring.promql import dashboard_queries, render_grafana_macros
+    from prerank.stack import PROMETHEUS_CONFIG, require_tool
+    from tests.conftest import free_port
+    from tests.integration.workers import send_all
+
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / "rules" / "*.yml")]
+    base_port = stack_settings.worker.metrics_port
+    config["scrape_configs"][0]["static_configs"] = [
+        {"targets": [f"127.0.0.1:{base_port + i}" for i in range(3)]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = (tmp_path / "prometheus.log").open("w")
+    prometheus = subprocess.Popen(
+        [require_tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def query(expr: str) -> list[float]:
+        url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+        answer = json.loads(urllib.request.urlopen(url, timeout=10).read())
+        assert answer["status"] == "success", answer
+        return [float(series["value"][1]) for series in answer["data"]["result"]]
+
+    def one_bad_record(mode_settings) -> None:  # so the dead-letter panel has a series too
+        send_all(mode_settings, "impressions", [(b"u0", b"not json")])
+
+    try:
+        with pytest.warns(UserWarning):
+            run_replay(stack_settings, None, ["cascade"], None, tmp_path / "report", max_requests=150,
+                       n_candidates=300, progress=lambda _: None, on_mode_started=one_bad_record)
+        empty = []
+        for panel in dashboard_queries(load_dashboard()):
+            expr = render_grafana_macros(panel.expr, rate_interval="2m")
+            if not any(math.isfinite(v) for v in query(expr)):
+                empty.append(f"{panel.panel_title}: {expr}")
+        assert not empty, "panels without data:\n" + "\n".join(empty)
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+        log.close()
