@@ -59,7 +59,7 @@ def wait_until_learned(store, expected_records_hint: int, timeout_s: float, quie
 
 def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teacher, prefit, streamed,
              work: Path, run_id: str, progress, baselines: dict | None = None,
-             on_started=None) -> tuple[dict, dict]:
+             on_started=None, on_finished=None) -> tuple[dict, dict]:
     from agents.serving import redis_client
     from agents.store import ModelStore
     from streams.registry import create_topics
@@ -90,6 +90,8 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
                                  baselines=baselines)
         result = replay.run(streamed)
         meta = wait_until_learned(store, result["counts"]["answered"], timeout_s=180)
+        if on_finished is not None:
+            on_finished(ms)
     finally:
         for worker in workers:
             worker.stop()
@@ -137,9 +139,11 @@ def run_replay(
     settings: Settings, data: Path | None, modes: list[str], eval_from: str | None, report_dir: Path,
     until: str | None = None, train_until: str | None = None, baselines: bool = False,
     max_requests: int | None = 3000, n_candidates: int = 1000, progress=print, on_mode_started=None,
+    on_mode_finished=None,
 ) -> dict:
     """Replay ``data`` (None: synthetic) once per mode; ``on_mode_started(settings)`` is called when
-    a mode's workers are up (e.g. to attach a monitor)."""
+    a mode's workers are up, ``on_mode_finished(settings)`` after they learned everything and
+    before they stop (e.g. to attach or read a monitor)."""
     from models.teacher import TeacherLearner
 
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +171,8 @@ def run_replay(
         # Baselines ride along the first mode's replay: same requests, same candidates.
         riders = new_baselines() if baselines and index == 0 else None
         report[mode], from_baselines = run_mode(settings, mode, dataset, config, teacher, prefit, streamed,
-                                                work, run_id, progress, riders, on_mode_started)
+                                                work, run_id, progress, riders, on_mode_started,
+                                                on_mode_finished)
         baseline_results.update(from_baselines)
     report.update(baseline_results)
     details = {name: result.pop("latencies_ms", []) for name, result in report.items()}
