@@ -29,7 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from agents.history import HistoryConfig, UserHistory
-from agents.labels import Feedback, LabelConfig, Ranked, build_request_sample
+from agents.labels import Feedback, LabelConfig, Ranked, build_request_sample, request_rng
 from models.features import ItemFeatures, RequestSample, UserFeatures
 from replay.arms import Arm
 from replay.candidates import CandidateConfig, CandidateGenerator
@@ -193,9 +193,13 @@ class OfflineFunnel:
         start = time.perf_counter()
         candidates = self.generator.build(request.request_id, request.item_ids, history.authors, history.tags, request.ts_ms)
         self._candidate_build_s.append(time.perf_counter() - start)
+        exposed_ids = list(dict.fromkeys(request.item_ids))
+        # Shuffled, so that an arm with tied scores cannot rank exposed items first by position.
+        order = request_rng(config.seed, request.request_id).permutation(len(candidates))
+        candidates = candidates[order]
+        exposed_positions = np.flatnonzero(order < len(exposed_ids))
+        position = {exposed_ids[order[p]]: int(p) for p in exposed_positions}
         items = [self.generator.items[i] for i in candidates]
-        n_exposed = len(dict.fromkeys(request.item_ids))
-        exposed_positions = np.arange(n_exposed)
         arm_scores = {arm.name: np.asarray(arm.score(user, candidates), dtype=np.float64) for arm in self.arms}
         arm_tops = {name: top_k(scores, config.rank_k) for name, scores in arm_scores.items()}
 
@@ -222,7 +226,7 @@ class OfflineFunnel:
                 build_request_sample(request.request_id, request.ts_ms, user, items, ranked, feedback, config.labels)
             )
         if evaluate:
-            self._evaluate(request, arm_scores, objectives, teacher_at, combined if check_consistency else None)
+            self._evaluate(request, position, arm_scores, objectives, teacher_at, combined if check_consistency else None)
         self._teacher_batch.append(self._teacher_sample(request, user))
         self._learn()
         self._after(request)
@@ -230,12 +234,12 @@ class OfflineFunnel:
     def _evaluate(
         self,
         request: Request,
+        position: Mapping[str, int],
         arm_scores: Mapping[str, np.ndarray],
         objectives: Mapping[str, np.ndarray],
         teacher_at: Mapping[int, int],
         teacher_full: np.ndarray | None,
     ) -> None:
-        position = {item_id: p for p, item_id in enumerate(dict.fromkeys(request.item_ids))}
         for name, scores in arm_scores.items():
             long_viewed = np.zeros(len(scores), dtype=bool)
             long_viewed[[position[e.item_id] for e in request.exposures if e.long_view]] = True

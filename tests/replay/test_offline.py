@@ -186,3 +186,21 @@ def test_cascade_positives_are_the_teachers_best_of_what_the_arm_let_through(dat
         assert positives.sum() == config.labels.top_n
         assert combined[positives].min() >= combined[scored & ~positives].max()
         assert all(label == -1 for label, s in zip(sample.click, scored) if not s)  # easy negatives unexposed
+
+
+class ConstantRanker:
+    """Every candidate ties: a fair funnel must not rank exposed items first."""
+
+    def score(self, user, items):
+        return np.zeros(len(items))
+
+    def learn_many(self, samples):
+        return {"loss": 0.0}
+
+
+def test_tied_scores_do_not_favour_exposed_items(dataset):
+    arm = RankerArm("constant", ConstantRanker(), list(dataset.catalog.values()))
+    report = OfflineFunnel(dataset, [arm], FakeTeacher(), make_config(dataset)).run()
+    # top-30 of 250 shuffled candidates holds a long-viewed exposed item about 30/250 of the time
+    assert report["arms"]["constant"]["hit_rate_long_view_at_30"] < 0.3
+    assert report["arms"]["constant"]["auc_click"] == 0.5
