@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,13 +26,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, SecretStr
 
 from prerank.exceptions import PrerankError
+from prerank.processes import Worker, settings_env  # noqa: F401 - settings_env re-exported
 from prerank.settings import Settings
 from prerank.stack import port_open
 
-REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
@@ -54,30 +51,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment that makes a child process load exactly ``settings`` (every field, nested by ``__``).
-
-    >>> env = settings_env(Settings(_env_file=None))
-    >>> env["PRERANK_WORKER__PUBLISH_INTERVAL_S"], env["PRERANK_MODEL__OUTPUT_DIM"]
-    ('2.0', '512')
-    """
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PRERANK_")}
-    for section_name in type(settings).model_fields:
-        section = getattr(settings, section_name)
-        if not isinstance(section, BaseModel):
-            env[f"PRERANK_{section_name.upper()}"] = str(section)
-            continue
-        for field_name in type(section).model_fields:
-            value = getattr(section, field_name)
-            if value is None:
-                continue
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
-            env[f"PRERANK_{section_name.upper()}__{field_name.upper()}"] = str(value)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def with_changes(settings: Settings, **sections: dict[str, Any]) -> Settings:
@@ -147,51 +120,13 @@ def _delete_redis_keys(settings: Settings) -> None:
     client.close()
 
 
-class WorkerProcess:
-    """A ``prerank worker`` child process reading ``settings``; stopped by its own pid only.
-
-    ``extra_env`` adds process-level knobs that are not settings (e.g. ``OMP_NUM_THREADS``).
-    """
-
-    def __init__(self, settings: Settings, agents: str, log_path: Path, index: int = 0,
-                 extra_env: dict[str, str] | None = None) -> None:
-        self.agents = agents
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "prerank.cli", "worker", "--agents", agents, "--index", str(index)],
-            env={**settings_env(settings), **(extra_env or {})}, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
+class WorkerProcess(Worker):
+    """A ``prerank worker`` child process (:class:`prerank.processes.Worker`) that benches check."""
 
     def check(self) -> None:
         """Raise :class:`BenchError` with the log tail if the worker has died."""
         if not self.alive():
             raise BenchError(f"worker {self.agents} (pid {self.pid}) died:\n{self.log_tail()}")
-
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout_s``."""
-        if self.alive():
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self._log.close()
-        return self.process.returncode
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
 
 
 @contextmanager

@@ -8,38 +8,50 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pydantic import BaseModel, SecretStr
+
 from prerank.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def settings_env(settings: Settings, **extra: object) -> dict[str, str]:
-    """Environment variables that make a child process read the same settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRERANK_")}
-    flat: dict[str, object] = {}
-    for section in ("kafka", "redis", "topics", "model", "worker", "stack"):
-        for key, value in getattr(settings, section).model_dump(mode="python").items():
+def settings_env(settings: Settings, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment that makes a child process load exactly ``settings`` (every field, nested by ``__``).
+
+    >>> env = settings_env(Settings(_env_file=None))
+    >>> env["PRERANK_WORKER__PUBLISH_INTERVAL_S"], env["PRERANK_MODEL__OUTPUT_DIM"]
+    ('2.0', '512')
+    """
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PRERANK_")}
+    for section_name in type(settings).model_fields:
+        section = getattr(settings, section_name)
+        if not isinstance(section, BaseModel):
+            env[f"PRERANK_{section_name.upper()}"] = str(section)
+            continue
+        for field_name in type(section).model_fields:
+            value = getattr(section, field_name)
             if value is None:
                 continue
-            if hasattr(value, "get_secret_value"):
+            if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            flat[f"{section.upper()}__{key.upper()}"] = value
-    flat.update(extra)
-    env.update({f"PRERANK_{key}": str(value) for key, value in flat.items()})
+            env[f"PRERANK_{section_name.upper()}__{field_name.upper()}"] = str(value)
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra_env or {})
     return env
 
 
 class Worker:
     """A ``prerank worker`` child process; stopped by its own pid only."""
 
-    def __init__(self, settings: Settings, agents: str, log_path: Path, index: int = 0, **env: object) -> None:
+    def __init__(self, settings: Settings, agents: str, log_path: Path, index: int = 0,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.agents = agents
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "prerank.cli", "worker", "--agents", agents, "--index", str(index)],
-            env=settings_env(settings, **env), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+            env=settings_env(settings, extra_env), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
 
