@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections import OrderedDict
+from itertools import repeat
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -33,7 +33,8 @@ class VectorLRU:
     """Item id -> vector, least recently used evicted first, stored as rows of one matrix.
 
     One contiguous float32 matrix (allocated on the first insert, when the width is known) lets a
-    request gather its 1000 vectors with one fancy-index copy instead of stacking 1000 arrays.
+    request gather its 1000 vectors with one fancy-index copy instead of stacking 1000 arrays;
+    recency is a tick per row, updated for all hits at once, so a lookup is one C-level ``map``.
 
     >>> lru = VectorLRU(capacity=2)
     >>> lru.put_many(["a", "b"], np.eye(2, dtype=np.float32))
@@ -47,25 +48,23 @@ class VectorLRU:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._slot_of: OrderedDict[str, int] = OrderedDict()
-        self._matrix: np.ndarray | None = None
+        self.clear()
 
     def __len__(self) -> int:
         return len(self._slot_of)
 
     def clear(self) -> None:
-        self._slot_of.clear()
-        self._matrix = None
+        self._slot_of: dict[str, int] = {}
+        self._id_of: list[str | None] = []
+        self._matrix: np.ndarray | None = None
+        self._last_used = np.zeros(max(self.capacity, 0), dtype=np.int64)
+        self._tick = 0
 
     def slots(self, item_ids: Sequence[str]) -> np.ndarray:
         """Row of each id in the matrix, -1 where absent; hits become most recent."""
-        slot_of = self._slot_of
-        found = np.full(len(item_ids), -1, dtype=np.int64)
-        for i, item_id in enumerate(item_ids):
-            slot = slot_of.get(item_id)
-            if slot is not None:
-                slot_of.move_to_end(item_id)
-                found[i] = slot
+        found = np.fromiter(map(self._slot_of.get, item_ids, repeat(-1)), dtype=np.int64, count=len(item_ids))
+        self._tick += 1
+        self._last_used[found[found >= 0]] = self._tick
         return found
 
     def gather(self, slots: np.ndarray) -> np.ndarray:
@@ -77,17 +76,25 @@ class VectorLRU:
         if self.capacity <= 0 or len(item_ids) == 0:
             return
         if self._matrix is None or self._matrix.shape[1] != vectors.shape[1]:
-            self._slot_of.clear()
+            self.clear()
             self._matrix = np.zeros((self.capacity, vectors.shape[1]), dtype=np.float32)
+        self._tick += 1
         for item_id, vector in zip(item_ids, vectors):
-            slot = self._slot_of.pop(item_id, None)
+            slot = self._slot_of.get(item_id)
             if slot is None:
-                if len(self._slot_of) < self.capacity:
-                    slot = len(self._slot_of)
-                else:
-                    _, slot = self._slot_of.popitem(last=False)
-            self._slot_of[item_id] = slot
+                slot = self._free_slot()
+                self._slot_of[item_id] = slot
+                self._id_of[slot] = item_id
             self._matrix[slot] = vector
+            self._last_used[slot] = self._tick
+
+    def _free_slot(self) -> int:
+        if len(self._id_of) < self.capacity:
+            self._id_of.append(None)
+            return len(self._id_of) - 1
+        slot = int(np.argmin(self._last_used))
+        del self._slot_of[self._id_of[slot]]
+        return slot
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -208,9 +215,8 @@ class Scorer:
         user_vector = self.model.user_vector(user)
         logits = np.asarray(self.model.logits_from_vectors(user_vector, vectors), dtype=np.float32)
         best = top_k(logits, request.k)
-        position = {item_id: i for i, item_id in enumerate(candidates)}
         return ScoreResponse(
-            item_scores={item: float(logits[position[item]]) for item in request.score_items if item in position},
+            item_scores=self._item_scores(request, logits),
             negatives=self._easy_negatives(request, best),
             audit_candidates=list(candidates) if self._audited(request) else [],
             request_id=request.request_id, user_id=request.user_id,
@@ -218,6 +224,13 @@ class Scorer:
             model_version=self.version, latency_ms=(time.perf_counter() - started) * 1000,
             cache_tiers=tiers, unknown_items=unknown, degraded=[] if self.redis_ok else [REDIS_DOWN],
         )
+
+    @staticmethod
+    def _item_scores(request: ScoreRequest, logits: np.ndarray) -> dict[str, float]:
+        if not request.score_items:
+            return {}
+        position = {item_id: i for i, item_id in enumerate(request.candidates)}
+        return {item: float(logits[position[item]]) for item in request.score_items if item in position}
 
     def _audited(self, request: ScoreRequest) -> bool:
         """1 in ``audit_every`` requests (by request id) ships its whole candidate set, so the fine
@@ -228,7 +241,9 @@ class Scorer:
         """A seeded sample of the candidates outside the top-k: the joiner's easy negatives."""
         if self.easy_negatives <= 0 or len(request.candidates) <= len(best):
             return []
-        rest = np.setdiff1d(np.arange(len(request.candidates)), best, assume_unique=True)
+        outside = np.ones(len(request.candidates), dtype=bool)
+        outside[best] = False
+        rest = np.flatnonzero(outside)
         rng = np.random.default_rng(zlib.crc32(request.request_id.encode()))
         picks = rng.choice(rest, min(self.easy_negatives, len(rest)), replace=False)
         return [request.candidates[i] for i in np.sort(picks)]

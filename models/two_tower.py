@@ -136,9 +136,28 @@ class TwoTowerStudent(nn.Module):
 
     # ------------------------------------------------------------ numpy side (scoring)
     def user_vector(self, user: UserFeatures) -> np.ndarray:
-        """The unit user vector, float32 shape ``(output_dim,)``. Read-only."""
-        with torch.no_grad():
-            return self.encode_users([user], SparseLookup(self.tables, 0, learn=False))[0].numpy()
+        """The unit user vector, float32 shape ``(output_dim,)``. Read-only.
+
+        The scorer's per-request path: the same slots, mean pooling and tower as
+        :meth:`encode_users`, in numpy on views of the live weights, because for one user the
+        per-operation overhead of torch dominates the arithmetic.
+        """
+        pooled = []
+        for table_name, id_lists in user_slots([user]).values():
+            table = self.tables[table_name]
+            ids = id_lists[0]
+            if not ids:
+                pooled.append(np.zeros(table.dim, dtype=np.float32))
+                continue
+            rows = table.lookup(ids, now=0, learn=False)
+            pooled.append(table.weight.detach().numpy()[rows].mean(axis=0))
+        hidden = np.concatenate(pooled)
+        layers = [layer for layer in self.user_tower if isinstance(layer, nn.Linear)]
+        for index, layer in enumerate(layers):
+            hidden = layer.weight.detach().numpy() @ hidden + layer.bias.detach().numpy()
+            if index < len(layers) - 1:
+                np.maximum(hidden, 0.0, out=hidden)
+        return (hidden / max(float(np.linalg.norm(hidden)), 1e-12)).astype(np.float32)
 
     def item_vectors(self, items: Sequence[ItemFeatures]) -> np.ndarray:
         """Unit item vectors, float32 shape ``(len(items), output_dim)``. Read-only."""

@@ -116,3 +116,28 @@ def test_tower_depth_follows_the_config():
     student = TwoTowerStudent(TwoTowerConfig(embedding_dim=2, hidden_sizes=(4, 4), output_dim=7))
     linears = [m for m in student.user_tower if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 3 and linears[-1].out_features == 7
+
+
+def test_numpy_user_vector_equals_the_torch_tower():
+    import numpy as np
+    import torch
+
+    from models.features import UserFeatures
+    from models.learner import StudentLearner
+    from models.sparse import SparseLookup
+    from models.synthetic import SyntheticRequests
+    from models.two_tower import TwoTowerConfig
+
+    generator = SyntheticRequests(seed=3)
+    learner = StudentLearner(TwoTowerConfig(min_count=1, hidden_sizes=(64, 32), output_dim=16))
+    for _ in range(3):
+        learner.learn_many(generator.batch(16))
+    student = learner.student
+    users = [generator.user(u) for u in range(20)] + [
+        UserFeatures("never-seen"),  # unseen id, every optional feature missing
+        UserFeatures("u-dup", history_items=("i1", "i1", "i2"), profile={"a": "1"}, tab=2, hour=23),
+    ]
+    with torch.no_grad():
+        expected = student.encode_users(users, SparseLookup(student.tables, 0, learn=False)).numpy()
+    got = np.stack([student.user_vector(user) for user in users])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
