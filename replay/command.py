@@ -26,6 +26,7 @@ from replay.stream import ReplayState, StreamConfig, StreamingReplay, prefit_tea
 log = logging.getLogger(__name__)
 
 MODES = ("cascade", "distill", "impressions")
+REPLAY_JOIN_WINDOW_S = 12 * 3600.0
 
 
 def mode_settings(settings: Settings, mode: str, run_id: str, work: Path) -> Settings:
@@ -35,7 +36,10 @@ def mode_settings(settings: Settings, mode: str, run_id: str, work: Path) -> Set
     data["model"] = {**data["model"], "mode": mode}
     data["worker"] = {**data["worker"], "app_id": f"prerank-replay-{run_id}-{mode}",
                       "data_dir": work / mode / "faust", "checkpoint_dir": work / mode / "checkpoints",
-                      "teacher_path": work / "teacher.safetensors", "publish_interval_s": 2.0}
+                      "teacher_path": work / "teacher.safetensors", "publish_interval_s": 2.0,
+                      # The replay compresses event time: up to `inflight` requests, hours apart in
+                      # event time, are in flight at once, so the join window must span hours.
+                      "join_window_s": REPLAY_JOIN_WINDOW_S}
     return Settings(**data)
 
 
