@@ -26,7 +26,7 @@ from replay.stream import ReplayState, StreamConfig, StreamingReplay, prefit_tea
 log = logging.getLogger(__name__)
 
 MODES = ("cascade", "distill", "impressions")
-REPLAY_JOIN_WINDOW_S = 12 * 3600.0
+REPLAY_JOIN_WINDOW_S = 3600.0
 
 
 def mode_settings(settings: Settings, mode: str, run_id: str, work: Path) -> Settings:
