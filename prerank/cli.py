@@ -77,7 +77,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     report = run_replay(
         settings, data, args.mode or ["cascade"], args.eval_from, args.report_dir, until=args.until,
         train_until=args.train_until, baselines=args.baselines, max_requests=args.max_requests,
-        n_candidates=args.candidates, progress=_print_progress,
+        n_candidates=args.candidates, progress=_print_progress, speed=args.speed,
     )
     from replay.report import write_report
 
@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", action="store_true", help="also evaluate global CTR, LR-FTRL and an online tree")
     p.add_argument("--max-requests", type=int, default=3000, help="user-sampled requests streamed per mode")
     p.add_argument("--candidates", type=int, default=1000, help="candidates per request")
+    p.add_argument("--speed", type=float, default=None, help="x times real time (default: as fast as possible)")
     p.add_argument("--report-dir", type=Path, default=Path("reports/replay"))
     p.set_defaults(run=_replay)
 

@@ -143,6 +143,7 @@ def run_replay(
     settings: Settings, data: Path | None, modes: list[str], eval_from: str | None, report_dir: Path,
     until: str | None = None, train_until: str | None = None, baselines: bool = False,
     max_requests: int | None = 3000, n_candidates: int = 1000, progress=print, on_mode_started=None,
+    speed: float | None = None,
     on_mode_finished=None,
 ) -> dict:
     """Replay ``data`` (None: synthetic) once per mode; ``on_mode_started(settings)`` is called when
@@ -162,6 +163,7 @@ def run_replay(
         train_until_ms=local_date_ms(train_until) if train_until else min(default_train_until, eval_from_ms),
         eval_from_ms=eval_from_ms, until_ms=local_date_ms(until) if until else None,
         max_requests=max_requests, candidates=replace(CandidateConfig(), n_candidates=n_candidates),
+        speed=speed,
     )
     prefit, streamed, sampling = replay_requests(dataset, config)
     progress({"dataset": dataset.report.to_dict() if hasattr(dataset.report, "to_dict") else str(dataset.report),

@@ -64,6 +64,22 @@ def plot(report_dir: Path, report: Mapping[str, Mapping], run: Mapping | None = 
     fig.savefig(written[-1])
     plt.close(fig)
 
+    series = {name: r["over_time"] for name, r in report.items() if r.get("over_time")}
+    if series:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for name, points in series.items():
+            hours = [(p["bucket_start_ms"] - points[0]["bucket_start_ms"]) / 3_600_000 for p in points]
+            for ax, metric in zip(axes, ("auc_long_view", "consistency_recall_at_100")):
+                values = [p[metric] if p[metric] is not None else float("nan") for p in points]
+                ax.plot(hours, values, marker="o", label=name)
+                ax.set_title(metric)
+                ax.set_xlabel("event time since the first evaluated bucket (h)")
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        written.append(report_dir / "over_time.png")
+        fig.savefig(written[-1])
+        plt.close(fig)
+
     latencies = (run or {}).get("latencies_ms", {})
     if any(latencies.values()):
         fig, ax = plt.subplots(figsize=(7, 4))

@@ -34,6 +34,7 @@ from replay.dataset import Dataset
 from replay.evaluation import ConsistencyLog, FeedbackLog
 from replay.events import Request
 from replay.grouping import DEFAULT_GAP_MS, group_requests
+from replay.metrics import auc, consistency_recall
 from replay.offline import sample_rate, user_in_sample
 from streams import impressions, item_catalog, score_requests, score_responses, user_profiles
 from streams.impressions import Impression
@@ -60,6 +61,8 @@ class StreamConfig:
     candidates: CandidateConfig = CandidateConfig()
     history: HistoryConfig = HistoryConfig()
     response_timeout_s: float = 30.0
+    speed: float | None = None  # None: as fast as the system answers; x: x times real time
+    bucket_ms: int = 6 * 3_600_000  # event-time buckets of the metrics-over-time series
     seed: int = 0
 
 
@@ -154,6 +157,8 @@ class StreamingReplay:
         self.counts = {"sent": 0, "answered": 0, "errors": 0, "timeouts": 0, "eval_requests": 0,
                        "impressions": 0}
         self.versions: set[int] = set()
+        self.timeline: list[tuple[int, int, int, float]] = []  # (ts, click, long_view, score)
+        self.consistency_timeline: list[tuple[int, float]] = []  # (ts, recall@100)
         # The article's older pre-rankers, scored in process on exactly the same requests and
         # candidates, learning from the same logged feedback (they are not part of the system).
         self.baselines = dict(baselines or {})
@@ -199,9 +204,14 @@ class StreamingReplay:
         outstanding: dict[str, Outstanding] = {}
         started = time.perf_counter()
         try:
+            first_ts = requests[0].ts_ms if requests else 0
             for index, request in enumerate(requests):
                 while len(outstanding) >= config.inflight:
                     self._receive(consumer, producer, outstanding)
+                if config.speed:  # pace event time at `speed` times real time
+                    due = started + (request.ts_ms - first_ts) / 1000 / config.speed
+                    while time.perf_counter() < due:
+                        self._receive(consumer, producer, outstanding)
                 self._send(producer, request, outstanding)
                 if index % 200 == 0:
                     self._report_progress(index, len(requests), started, outstanding)
@@ -279,6 +289,7 @@ class StreamingReplay:
             if score is None:
                 continue
             self.feedback.add(request.user_id, exposure.click, exposure.long_view, score, score)
+            self.timeline.append((request.ts_ms, exposure.click, exposure.long_view, score))
             self.teacher_feedback.add(request.user_id, exposure.click, exposure.long_view,
                                       float(teacher["click"][j]), float(teacher["long_view"][j]))
         for name, baseline in self.baselines.items():
@@ -297,6 +308,8 @@ class StreamingReplay:
             for rank, scored in enumerate(response.items):  # only the top-k travels back: ranks suffice
                 student[position[scored.item_id]] = -rank
             self.consistency.add(teacher_full, student)
+            self.consistency_timeline.append(
+                (request.ts_ms, consistency_recall(teacher_full, student, self.config.consistency_n, 100)))
 
     def _baselines_learn(self, pending: Outstanding, batch: int = 32) -> None:
         request = pending.request
@@ -346,7 +359,32 @@ class StreamingReplay:
             "latencies_ms": [float(x) for x in self.latencies_ms],
             "cache_tiers": dict(self.tiers),
             "model_versions_seen": len(self.versions),
+            "over_time": self.over_time(),
         }
+
+    def over_time(self) -> list[dict]:
+        """Metrics per event-time bucket: how quality moves as the student keeps learning."""
+        buckets: dict[int, dict] = {}
+        size = self.config.bucket_ms
+        for ts, click, long_view, score in self.timeline:
+            bucket = buckets.setdefault(ts // size * size, {"click": [], "long_view": [], "scores": [], "recall": []})
+            bucket["click"].append(click)
+            bucket["long_view"].append(long_view)
+            bucket["scores"].append(score)
+        for ts, recall in self.consistency_timeline:
+            buckets.setdefault(ts // size * size, {"click": [], "long_view": [], "scores": [], "recall": []})[
+                "recall"].append(recall)
+        series = []
+        for start in sorted(buckets):
+            b = buckets[start]
+            series.append({
+                "bucket_start_ms": start, "exposures": len(b["scores"]),
+                "auc_click": auc(b["click"], b["scores"]) if 0 < sum(b["click"]) < len(b["click"]) else None,
+                "auc_long_view": (auc(b["long_view"], b["scores"])
+                                  if 0 < sum(b["long_view"]) < len(b["long_view"]) else None),
+                "consistency_recall_at_100": float(np.mean(b["recall"])) if b["recall"] else None,
+            })
+        return series
 
 
 def replay_requests(dataset: Dataset, config: StreamConfig) -> tuple[list[Request], list[Request], dict]:

@@ -39,6 +39,9 @@ def test_short_replay_through_the_agents_writes_a_report(stack_settings, tmp_pat
     table = write_report(tmp_path)
     assert table.splitlines()[0].split(" | ")[1:-1] == list(COLUMNS[:-1])
     assert (tmp_path / "report.md").exists() and (tmp_path / "quality.png").stat().st_size > 0
+    series = cascade["over_time"]
+    assert series and sum(point["exposures"] for point in series) == cascade["eval_exposures"]
+    assert (tmp_path / "over_time.png").stat().st_size > 0
 
 
 @pytest.mark.prometheus
