@@ -4,11 +4,12 @@ Nothing else in the project reads the environment: entry points call :func:`load
 and pass the frozen object (or parts of it) down. Nested fields use ``__`` in variable
 names, e.g. ``PRERANK_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:19092``.
 
->>> s = Settings(_env_file=None)
->>> s.kafka.bootstrap_servers
+>>> KafkaSettings().bootstrap_servers
 '127.0.0.1:19092'
->>> s.topics.name("score-requests")
+>>> TopicSettings(prefix="prerank.").name("score-requests")
 'prerank.score-requests'
+>>> RedisSettings(password="s3cret").password  # never printed in clear
+SecretStr('**********')
 """
 
 from __future__ import annotations

@@ -223,29 +223,50 @@ def test_malformed_records_on_every_input_topic_become_dead_letters(stack_settin
 
 
 def test_two_scorer_workers_share_partitions_and_answer_every_request(stack_settings, tmp_path):
+    import time
+
     from streams import score_requests, score_responses
     from streams.score_requests import ScoreRequest
 
-    requests = [ScoreRequest(request_id=f"r{n}", user_id=f"user-{n % 23}", ts_ms=T0 + n,
-                             candidates=["a", "b"], k=1) for n in range(200)]
+    def wave(name: str, n: int) -> list:
+        return [ScoreRequest(request_id=f"{name}{i}", user_id=f"user-{i % 23}", ts_ms=T0 + i,
+                             candidates=["a", "b"], k=1) for i in range(n)]
+
+    def served() -> list[float]:
+        return [scraped(stack_settings.worker.metrics_port + i, "prerank_scorer_requests_total") for i in (0, 1)]
+
     first = Worker(stack_settings, "scorer", tmp_path / "scorer-0.log", index=0)
     second = Worker(stack_settings, "scorer", tmp_path / "scorer-1.log", index=1)
     try:
-        import time
-
-        time.sleep(12)  # both join the group before the load starts
-        send_all(stack_settings, "score_requests",
-                 [(r.user_id.encode(), score_requests.CODEC.encode(r)) for r in requests])
-        out = read_topic(stack_settings, "score_responses", expected=len(requests), timeout_s=90,
+        # Warm up until the group has settled with both workers owning partitions (a rebalance
+        # can take a few session timeouts on a loaded machine).
+        deadline, sent = time.monotonic() + 120, 0
+        while True:
+            batch = wave(f"w{sent}-", 23)
+            send_all(stack_settings, "score_requests", [(r.user_id.encode(), score_requests.CODEC.encode(r)) for r in batch])
+            sent += len(batch)
+            read_topic(stack_settings, "score_responses", expected=sent, timeout_s=60, idle_s=0.5,
+                       workers=[first, second])
+            if all(count > 0 for count in served()):
+                break
+            assert time.monotonic() < deadline, f"one scorer never got partitions: {served()}"
+            time.sleep(2)
+        before = served()
+        requests = wave("r", 200)
+        send_all(stack_settings, "score_requests", [(r.user_id.encode(), score_requests.CODEC.encode(r)) for r in requests])
+        out = read_topic(stack_settings, "score_responses", expected=sent + len(requests), timeout_s=90,
                          workers=[first, second])
-        served = [scraped(stack_settings.worker.metrics_port + i, "prerank_scorer_requests_total") for i in (0, 1)]
+        after = served()
     finally:
         first.stop()
         second.stop()
-    answered = sorted(score_responses.CODEC.decode(m.value).request_id for m in out)
-    assert answered == sorted(r.request_id for r in requests)
-    assert all(count > 0 for count in served), served  # both workers own partitions and answer
-    assert sum(served) == len(requests)
+    answered = [r.request_id for r in (score_responses.CODEC.decode(m.value) for m in out)
+                if r.request_id.startswith("r")]
+    # At least once (docs/reliability.md): a late rebalance may answer a request twice, never zero times.
+    assert sorted(set(answered)) == sorted(r.request_id for r in requests)
+    delta = [b - a for a, b in zip(before, after)]
+    assert all(d > 0 for d in delta), delta  # both workers own partitions and answer
+    assert sum(delta) >= len(requests)
 
 
 def scraped(port: int, metric: str) -> float:
@@ -301,7 +322,7 @@ def test_scorer_survives_redis_outage_from_its_local_tier_and_returns_to_the_cac
         first = ask(1, [f"i{j}" for j in range(20)])
         assert first.error is None and first.cache_tiers["redis"] == 20 and not first.degraded
         redis_service.stop()
-        time.sleep(1.5)
+        time.sleep(1.5)  # the scorer notices on its next refresh (every 0.5 s) or on the next read
         during = ask(2, [f"i{j}" for j in range(10, 30)])
         assert during.error is None and during.model_version == 1
         assert during.cache_tiers == {"local": 10, "redis": 0, "computed": 10}
@@ -309,8 +330,13 @@ def test_scorer_survives_redis_outage_from_its_local_tier_and_returns_to_the_cac
         redis_service.start()
         redis_service.wait_ready(20)
         publish()  # a restarted, empty Redis gets the version again (the publisher's job in production)
-        time.sleep(1.5)
-        after = ask(3, [f"i{j}" for j in range(20, 35)] + ["i5"])
+        asked = 2
+        for _ in range(60):  # the scorer's next refresh finds Redis again
+            asked += 1
+            if not ask(asked, ["i0"]).degraded:
+                break
+            time.sleep(0.5)
+        after = ask(asked + 1, [f"i{j}" for j in range(20, 35)] + ["i5"])
         assert after.error is None and not after.degraded
         # computed during the outage and still valid for v1: local; never seen: Redis again
         assert after.cache_tiers == {"local": 11, "redis": 5, "computed": 0}
