@@ -17,7 +17,7 @@ from pathlib import Path
 from prerank.exceptions import PrerankError
 from prerank.settings import Settings, load_settings
 
-BENCHES = ("train", "score", "quality", "freshness", "scoring-topic", "streaming-overhead", "reliability", "load")
+BENCHES = ("train", "score", "quality", "sparsity", "freshness", "scoring-topic", "streaming-overhead", "reliability", "load")
 
 
 def _stack(args: argparse.Namespace, settings: Settings) -> int:
