@@ -58,7 +58,9 @@ def broker_credentials(kafka: KafkaSettings):
     return context
 
 
-def create_faust_app(settings: Settings, app_id: str | None = None, web_port: int | None = None) -> faust.App:
+def create_faust_app(
+    settings: Settings, app_id: str | None = None, web_port: int | None = None, web_enabled: bool = True,
+) -> faust.App:
     worker = settings.worker
     worker.data_dir.mkdir(parents=True, exist_ok=True)
     return faust.App(
@@ -68,7 +70,9 @@ def create_faust_app(settings: Settings, app_id: str | None = None, web_port: in
         store=worker.store,
         datadir=str(worker.data_dir),
         web_host=worker.web_host,
+        web_bind=worker.web_host,  # Faust binds 0.0.0.0 unless told otherwise
         web_port=web_port or worker.web_port,
+        web_enabled=web_enabled,
         web_in_thread=False,
         topic_partitions=settings.topics.partitions,
         topic_replication_factor=settings.topics.replication_factor,
@@ -143,8 +147,9 @@ def create_runtime(
     registry: CollectorRegistry | None = None,
     app_id: str | None = None,
     web_port: int | None = None,
+    web_enabled: bool = True,
 ) -> Runtime:
-    app = create_faust_app(settings, app_id=app_id, web_port=web_port)
+    app = create_faust_app(settings, app_id=app_id, web_port=web_port, web_enabled=web_enabled)
     runtime = Runtime(settings=settings, app=app, registry=registry or CollectorRegistry())
     for key, module in TOPIC_MODULES.items():
         runtime.topics[key] = app.topic(

@@ -55,7 +55,9 @@ def build(settings: Settings, agents: set[str], registry=REGISTRY, web_port: int
     app_id = settings.worker.app_id
     if not agents & SERVING:  # each role has its own consumer group (see the module docstring)
         app_id = f"{app_id}-ranker" if agents & RANKING else f"{app_id}-trainer"
-    runtime = create_runtime(settings, registry=registry, app_id=app_id, web_port=web_port)
+    # Only the serving workers answer HTTP (POST /score); the others need no web server.
+    runtime = create_runtime(settings, registry=registry, app_id=app_id, web_port=web_port,
+                             web_enabled=bool(agents & SERVING))
     runtime.metrics = metrics
     enable_faust_sensor(runtime.app, registry)
     parts = {}
