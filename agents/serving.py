@@ -35,6 +35,8 @@ from streams.score_responses import ScoreResponse
 log = logging.getLogger(__name__)
 
 MAX_HTTP_BODY = 1024 * 1024
+# The join's own counters, by the metric event they are reported as (far-future events count as late).
+JOIN_COUNTERS = {"late": ("late_", "future_"), "duplicate": ("duplicate_",), "orphan": ("orphan_requests",)}
 IDLE_FLUSH_S = 2.0
 
 
@@ -160,15 +162,11 @@ def _install_joiner(runtime: Runtime, serving: Serving) -> None:
                 key=part.user_id.encode(), value=training_samples.CODEC.encode(record)
             )
             serving.metrics.joiner_records_total.inc()
-        for name in ("late", "duplicate"):
-            total = sum(v for k, v in join.counters.items() if k.startswith(name))
-            if total > reported.get(name, 0):
-                serving.metrics.count_join_event(name, total - reported.get(name, 0))
-                reported[name] = total
-        orphans = join.counters["orphan_requests"]
-        if orphans > reported.get("orphan", 0):
-            serving.metrics.count_join_event("orphan", orphans - reported.get("orphan", 0))
-            reported["orphan"] = orphans
+        for event, prefixes in JOIN_COUNTERS.items():
+            total = sum(count for name, count in join.counters.items() if name.startswith(prefixes))
+            if total > reported.get(event, 0):
+                serving.metrics.count_join_event(event, total - reported.get(event, 0))
+                reported[event] = total
 
     @app.agent(runtime.topic("rank_scores"), name="joiner-rank-scores")
     async def joiner_rank_scores(stream):
