@@ -179,6 +179,8 @@ def _install_joiner(runtime: Runtime, serving: Serving) -> None:
                 users[record.request_id] = record.user
             await emit(join.add_rank_scores(record.request_id, record.user_id, record.ts_ms,
                                             record.items, record.candidates))
+            if record.request_id not in join.pending:  # dropped (late, duplicate, future) or emitted
+                users.pop(record.request_id, None)
 
     @app.agent(runtime.topic("impressions"), name="joiner-impressions")
     async def joiner_impressions(stream):
