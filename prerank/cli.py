@@ -16,6 +16,7 @@ from pathlib import Path
 
 from prerank.exceptions import PrerankError
 from prerank.settings import Settings, load_settings
+from replay.exceptions import ReplayError
 
 BENCHES = ("train", "score", "quality", "sparsity", "freshness", "scoring-topic", "streaming-overhead", "reliability", "load")
 
@@ -72,15 +73,19 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from replay.command import run_replay
-
-    data = None if args.synthetic else (args.data or settings.data)
-    report = run_replay(
-        settings, data, args.mode or ["cascade"], args.eval_from, args.report_dir, until=args.until,
-        train_until=args.train_until, baselines=args.baselines, max_requests=args.max_requests,
-        n_candidates=args.candidates, progress=_print_progress, speed=args.speed,
-    )
+    from replay.exceptions import ReplayInterrupted
     from replay.report import write_report
 
+    data = None if args.synthetic else (args.data or settings.data)
+    try:
+        report = run_replay(
+            settings, data, args.mode or ["cascade"], args.eval_from, args.report_dir, until=args.until,
+            train_until=args.train_until, baselines=args.baselines, max_requests=args.max_requests,
+            n_candidates=args.candidates, progress=_print_progress, speed=args.speed, resume=args.resume,
+        )
+    except ReplayInterrupted as stopped:
+        print(f"\n{stopped}; progress saved. Continue with: prerank replay --resume --report-dir {args.report_dir}")
+        return 130
     print(write_report(args.report_dir, report))
     return 0
 
@@ -89,6 +94,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     """The main job: local stack up, the funnel replayed through the real agents, the report."""
     from prerank import stack
     from replay.command import run_replay
+    from replay.exceptions import ReplayInterrupted
     from replay.report import write_report
 
     print("starting the local stack (Kafka, Redis, Prometheus on 127.0.0.1) ...")
@@ -98,10 +104,14 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     if not Path(data).exists():
         print(f"!! no dataset at {data}: replaying SYNTHETIC data (set PRERANK_DATA or --data for real logs)")
         data = None
-    report = run_replay(
-        settings, data, ["cascade", "impressions"], None, args.report_dir, baselines=True,
-        max_requests=args.max_requests, n_candidates=args.candidates, progress=_print_progress,
-    )
+    try:
+        report = run_replay(
+            settings, data, ["cascade", "impressions"], None, args.report_dir, baselines=True,
+            max_requests=args.max_requests, n_candidates=args.candidates, progress=_print_progress,
+        )
+    except ReplayInterrupted as stopped:
+        print(f"\n{stopped}; progress saved. Continue with: prerank replay --resume --report-dir {args.report_dir}")
+        return 130
     print()
     print(write_report(args.report_dir, report))
     print(f"\nreport: {args.report_dir / 'report.json'}, {args.report_dir / 'report.md'}")
@@ -119,8 +129,14 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
 def _print_progress(state: dict) -> None:
     if "requests" in state:
-        print(f"\r[{state.get('mode', '')}] {state['requests']}/{state['total']} requests "
-              f"{state['requests_per_s']:.0f}/s answered {state['answered']} inflight {state['inflight']}",
+        done = state["requests"] / max(1, state["total"])
+        bar = "#" * int(done * 20)
+        event_time = time.strftime("%m-%d %H:%M", time.gmtime(state["event_time_ms"] / 1000 + 8 * 3600))
+        behind = state.get("behind_schedule_s")
+        print(f"\r[{state.get('mode', '')}] [{bar:<20}] {state['requests']}/{state['total']} requests, "
+              f"{state['impressions']} impressions, {state['requests_per_s']:.1f} req/s, "
+              f"{state['inflight']} in flight, event time {event_time}"
+              + (f", {behind:+.0f}s vs schedule" if behind is not None else "") + "   ",
               end="", flush=True)
     else:
         print(json.dumps(state, default=str))
@@ -166,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=1000, help="candidates per request")
     p.add_argument("--speed", type=float, default=None, help="x times real time (default: as fast as possible)")
     p.add_argument("--report-dir", type=Path, default=Path("reports/replay"))
+    p.add_argument("--resume", action="store_true",
+                   help="continue the newest interrupted run under --report-dir with its own parameters")
     p.set_defaults(run=_replay)
 
     p = sub.add_parser("demo", help="the main job: stack up, replay KuaiRand through the agents, report")
@@ -201,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(settings.worker.torch_threads)
     try:
         return args.run(args, settings)
-    except PrerankError as exc:
+    except (PrerankError, ReplayError) as exc:
         print(f"prerank: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

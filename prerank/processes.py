@@ -53,6 +53,9 @@ class Worker:
             [sys.executable, "-m", "prerank.cli", "worker", "--agents", agents, "--index", str(index)],
             env=settings_env(settings, extra_env), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C at the terminal reaches the parent only, which drains the
+            # requests in flight before it stops its workers.
+            start_new_session=True,
         )
 
     @property

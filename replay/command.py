@@ -20,16 +20,37 @@ from prerank.processes import Worker
 from prerank.settings import Settings
 from replay.candidates import CandidateConfig
 from replay.load import load_dataset
+from replay.exceptions import ReplayInterrupted
 from replay.offline import local_date_ms
+from replay.progress import RunProgress, find_resumable
 from replay.stream import ReplayState, StreamConfig, StreamingReplay, prefit_teacher, replay_requests
 
 log = logging.getLogger(__name__)
 
 MODES = ("cascade", "distill", "impressions")
-REPLAY_JOIN_WINDOW_S = 3600.0
+MIN_JOIN_WINDOW_S = 3600.0
+MAX_JOIN_WINDOW_S = 12 * 3600.0
 
 
-def mode_settings(settings: Settings, mode: str, run_id: str, work: Path) -> Settings:
+def replay_join_window_s(requests, inflight: int) -> float:
+    """The joiner's event-time window for a replay: twice the widest event-time span of
+    ``inflight`` consecutive requests, within [1 h, 12 h].
+
+    The replay compresses event time: up to ``inflight`` requests, possibly hours apart in event
+    time, are in flight at once, and a narrower window drops their impressions as late.
+
+    >>> from types import SimpleNamespace
+    >>> requests = [SimpleNamespace(ts_ms=i * 1_800_000) for i in range(10)]  # one every 30 min
+    >>> replay_join_window_s(requests, inflight=4) / 3600
+    3.0
+    """
+    ts = [r.ts_ms for r in requests]
+    widest = max((ts[i + inflight - 1] - ts[i] for i in range(len(ts) - inflight + 1)), default=0)
+    return min(MAX_JOIN_WINDOW_S, max(MIN_JOIN_WINDOW_S, 2 * widest / 1000))
+
+
+def mode_settings(settings: Settings, mode: str, run_id: str, work: Path,
+                  join_window_s: float = MIN_JOIN_WINDOW_S) -> Settings:
     data = settings.model_dump()
     data["topics"] = {**data["topics"], "prefix": f"replay-{run_id}-{mode}."}
     data["redis"] = {**data["redis"], "key_prefix": f"replay-{run_id}-{mode}"}
@@ -37,9 +58,7 @@ def mode_settings(settings: Settings, mode: str, run_id: str, work: Path) -> Set
     data["worker"] = {**data["worker"], "app_id": f"prerank-replay-{run_id}-{mode}",
                       "data_dir": work / mode / "faust", "checkpoint_dir": work / mode / "checkpoints",
                       "teacher_path": work / "teacher.safetensors", "publish_interval_s": 2.0,
-                      # The replay compresses event time: up to `inflight` requests, hours apart in
-                      # event time, are in flight at once, so the join window must span hours.
-                      "join_window_s": REPLAY_JOIN_WINDOW_S}
+                      "join_window_s": join_window_s}
     return Settings(**data)
 
 
@@ -61,18 +80,41 @@ def wait_until_learned(store, expected_records_hint: int, timeout_s: float, quie
     return meta
 
 
+def wait_for_workers(store, workers: list[Worker], timeout_s: float = 90.0) -> None:
+    """Until the trainer has published a version (so the scorer can answer); names a dead worker."""
+    deadline = time.monotonic() + timeout_s
+    while store.current_version() is None and time.monotonic() < deadline:
+        for worker in workers:
+            if not worker.alive():
+                raise RuntimeError(f"{worker.log_path} worker died:\n{worker.log_tail()}")
+        time.sleep(0.5)
+
+
 def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teacher, prefit, streamed,
              work: Path, run_id: str, progress, baselines: dict | None = None,
              on_started=None, on_finished=None) -> tuple[dict, dict]:
+    """One mode's funnel; resumes from ``work/MODE/eval.json`` when an earlier attempt left one.
+
+    Raises :class:`~replay.exceptions.ReplayInterrupted` on Ctrl-C, after the requests in flight
+    were answered, their training records learned (best effort) and the replay checkpointed."""
     from agents.serving import redis_client
     from agents.store import ModelStore
     from streams.registry import create_topics
 
-    ms = mode_settings(settings, mode, run_id, work)
+    ms = mode_settings(settings, mode, run_id, work, replay_join_window_s(streamed, config.inflight))
     create_topics(ms.kafka.kafka_python_config(), ms.topics)
     state = ReplayState(dataset, config)
     for request in prefit:  # the same warm state the teacher was fitted with, without refitting
         state.after(request)
+    checkpoint_dir = work / mode
+    replay = StreamingReplay(ms, state, teacher, progress=lambda p: progress({"mode": mode, **p}),
+                             baselines=baselines)
+    if (checkpoint_dir / "eval.json").exists():
+        by_id = {r.request_id: r for r in streamed}
+        completed = replay.restore(checkpoint_dir)
+        for request_id in completed:  # histories and popularity as they were when it stopped
+            state.after(by_id[request_id])
+        progress({"mode": mode, "resumed_after_requests": len(completed), "of": len(streamed)})
     logs = work / mode
     workers = [
         Worker(ms, "history,joiner,scorer", logs / "serving.log", index=0),
@@ -81,18 +123,20 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
     ]
     store = ModelStore(redis_client(ms), ms.redis.key_prefix)
     try:
-        deadline = time.monotonic() + 90
-        while store.current_version() is None and time.monotonic() < deadline:
-            for worker in workers:
-                if not worker.alive():
-                    raise RuntimeError(f"{worker.log_path} worker died:\n{worker.log_tail()}")
-            time.sleep(0.5)
+        wait_for_workers(store, workers)
         time.sleep(3.0)  # consumer groups settle before the first request
         if on_started is not None:
             on_started(ms)
-        replay = StreamingReplay(ms, state, teacher, progress=lambda p: progress({"mode": mode, **p}),
-                                 baselines=baselines)
-        result = replay.run(streamed)
+        try:
+            result = replay.run(streamed, checkpoint=lambda: replay.save(checkpoint_dir))
+        except ReplayInterrupted:
+            # What is in flight reaches the trainer's checkpoint before the workers stop (the
+            # joiner holds open joins in memory); a second Ctrl-C skips the wait.
+            try:
+                wait_until_learned(store, len(replay.completed), timeout_s=60, quiet_s=4.0)
+            except KeyboardInterrupt:
+                pass
+            raise
         meta = wait_until_learned(store, result["counts"]["answered"], timeout_s=180)
         if on_finished is not None:
             on_finished(ms)
@@ -143,48 +187,69 @@ def run_replay(
     settings: Settings, data: Path | None, modes: list[str], eval_from: str | None, report_dir: Path,
     until: str | None = None, train_until: str | None = None, baselines: bool = False,
     max_requests: int | None = 3000, n_candidates: int = 1000, progress=print, on_mode_started=None,
-    speed: float | None = None,
-    on_mode_finished=None,
+    speed: float | None = None, on_mode_finished=None, resume: bool = False,
 ) -> dict:
     """Replay ``data`` (None: synthetic) once per mode; ``on_mode_started(settings)`` is called when
     a mode's workers are up, ``on_mode_finished(settings)`` after they learned everything and
-    before they stop (e.g. to attach or read a monitor)."""
+    before they stop (e.g. to attach or read a monitor).
+
+    With ``resume`` the newest interrupted run under ``report_dir`` continues with its own
+    parameters (the other arguments are ignored): same run id, topics, Redis prefix, teacher,
+    trainer checkpoints and evaluation logs; finished modes are not run again."""
     from models.teacher import TeacherLearner
 
     report_dir.mkdir(parents=True, exist_ok=True)
-    run_id = uuid.uuid4().hex[:6]
-    work = report_dir / f"run-{run_id}"
-    work.mkdir(parents=True, exist_ok=True)
+    if resume:
+        run = RunProgress.load(find_resumable(report_dir))
+        progress({"resuming": str(run.directory), "finished_modes": list(run.finished),
+                  "pending_modes": run.pending_modes()})
+    else:
+        run = RunProgress(report_dir / f"run-{uuid.uuid4().hex[:6]}", params={
+            "data": str(data) if data else None, "modes": list(modes), "eval_from": eval_from, "until": until,
+            "train_until": train_until, "baselines": baselines, "max_requests": max_requests,
+            "candidates": n_candidates, "speed": speed,
+        })
+        run.save()
+    params, work = run.params, run.directory
     started = time.perf_counter()
-    dataset = load_dataset(data)
+    dataset = load_dataset(Path(params["data"]) if params["data"] else None)
     default_train_until, default_eval_from = default_dates(dataset)
-    eval_from_ms = local_date_ms(eval_from) if eval_from else default_eval_from
+    eval_from_ms = local_date_ms(params["eval_from"]) if params["eval_from"] else default_eval_from
     config = StreamConfig(
-        train_until_ms=local_date_ms(train_until) if train_until else min(default_train_until, eval_from_ms),
-        eval_from_ms=eval_from_ms, until_ms=local_date_ms(until) if until else None,
-        max_requests=max_requests, candidates=replace(CandidateConfig(), n_candidates=n_candidates),
-        speed=speed,
+        train_until_ms=(local_date_ms(params["train_until"]) if params["train_until"]
+                        else min(default_train_until, eval_from_ms)),
+        eval_from_ms=eval_from_ms, until_ms=local_date_ms(params["until"]) if params["until"] else None,
+        max_requests=params["max_requests"], candidates=replace(CandidateConfig(), n_candidates=params["candidates"]),
+        speed=params["speed"],
     )
     prefit, streamed, sampling = replay_requests(dataset, config)
     progress({"dataset": dataset.report.to_dict() if hasattr(dataset.report, "to_dict") else str(dataset.report),
               **sampling})
-    teacher = TeacherLearner()
-    prefit_info = prefit_teacher(ReplayState(dataset, config), teacher, prefit)
-    teacher.save(work / "teacher.safetensors")
-    report: dict = {}
-    baseline_results: dict = {}
-    for index, mode in enumerate(modes):
+    teacher_path = work / "teacher.safetensors"
+    if run.prefit is not None and teacher_path.exists():
+        teacher = TeacherLearner.load(teacher_path)
+    else:
+        teacher = TeacherLearner()
+        run.prefit = prefit_teacher(ReplayState(dataset, config), teacher, prefit)
+        teacher.save(teacher_path)
+        run.save()
+    for mode in run.pending_modes():
         # Baselines ride along the first mode's replay: same requests, same candidates.
-        riders = new_baselines() if baselines and index == 0 else None
-        report[mode], from_baselines = run_mode(settings, mode, dataset, config, teacher, prefit, streamed,
-                                                work, run_id, progress, riders, on_mode_started,
-                                                on_mode_finished)
-        baseline_results.update(from_baselines)
-    report.update(baseline_results)
-    details = {name: result.pop("latencies_ms", []) for name, result in report.items()}
-    run = {"sampling": sampling, "prefit": prefit_info, "total_s": time.perf_counter() - started,
-           "data": str(data) if data else "synthetic", "eval_from": eval_from, "until": until,
-           "candidates": n_candidates, "work_dir": str(work), "latencies_ms": details}
+        riders = new_baselines() if params["baselines"] and mode == params["modes"][0] else None
+        run.finished[mode], from_baselines = run_mode(settings, mode, dataset, config, teacher, prefit, streamed,
+                                                      work, run.run_id, progress, riders, on_mode_started,
+                                                      on_mode_finished)
+        run.baselines.update(from_baselines)
+        run.save()
+    report = {**run.finished, **run.baselines}
+    details = {name: result.get("latencies_ms", []) for name, result in report.items()}
+    report = {name: {k: v for k, v in result.items() if k != "latencies_ms"} for name, result in report.items()}
+    summary = {"sampling": sampling, "prefit": run.prefit, "total_s": time.perf_counter() - started,
+               "data": params["data"] or "synthetic", "eval_from": params["eval_from"], "until": params["until"],
+               "candidates": params["candidates"], "work_dir": str(work), "latencies_ms": details,
+               **run.extras}
     (report_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
-    (report_dir / "run.json").write_text(json.dumps(run, indent=2, default=float))
+    (report_dir / "run.json").write_text(json.dumps(summary, indent=2, default=float))
+    run.complete = True
+    run.save()
     return report

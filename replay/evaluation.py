@@ -38,6 +38,18 @@ class FeedbackLog:
         self._labels.append((click, long_view))
         self._scores.append((click_score, long_view_score))
 
+    def state(self) -> dict:
+        """JSON-able contents, for resuming a replay."""
+        return {"users": self._users, "labels": self._labels, "scores": self._scores}
+
+    @classmethod
+    def from_state(cls, state: dict) -> FeedbackLog:
+        log = cls()
+        log._users = list(state["users"])
+        log._labels = [tuple(x) for x in state["labels"]]
+        log._scores = [tuple(x) for x in state["scores"]]
+        return log
+
     def summary(self) -> dict[str, float | int]:
         if not self._users:
             return {"eval_exposures": 0}
@@ -64,6 +76,15 @@ class ConsistencyLog:
         for k, recalls in zip(self.ks, self._recalls):
             recalls.append(consistency_recall(teacher_scores, student_scores, self.n, k))
 
+    def state(self) -> dict:
+        return {"n": self.n, "ks": list(self.ks), "recalls": self._recalls}
+
+    @classmethod
+    def from_state(cls, state: dict) -> ConsistencyLog:
+        log = cls(state["n"], state["ks"])
+        log._recalls = [list(r) for r in state["recalls"]]
+        return log
+
     def summary(self) -> dict[str, float | int]:
         out: dict[str, float | int] = {
             f"consistency_recall_at_{k}": float(np.mean(r)) if r else float("nan")
@@ -85,6 +106,15 @@ class HitRateLog:
         value = hit_rate_at_k(relevant, scores, self.k)
         if not np.isnan(value):
             self._hits.append(value)
+
+    def state(self) -> dict:
+        return {"label": self.label, "k": self.k, "hits": self._hits}
+
+    @classmethod
+    def from_state(cls, state: dict) -> HitRateLog:
+        log = cls(state["label"], state["k"])
+        log._hits = list(state["hits"])
+        return log
 
     def summary(self) -> dict[str, float]:
         return {f"hit_rate_{self.label}_at_{self.k}": float(np.mean(self._hits)) if self._hits else float("nan")}

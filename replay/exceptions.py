@@ -11,3 +11,12 @@ class DatasetLayoutError(ReplayError, ValueError):
 
 class ConfigError(ReplayError, ValueError):
     """A replay configuration value is out of range."""
+
+
+class ReplayInterrupted(ReplayError):
+    """Ctrl-C during a replay; its progress was checkpointed and ``--resume`` continues it."""
+
+    def __init__(self, completed: int, total: int) -> None:
+        super().__init__(f"interrupted after {completed} of {total} requests")
+        self.completed = completed
+        self.total = total

@@ -9,16 +9,25 @@ exposures to ``impressions``. The simulated fine ranker (its own worker) turns r
 ``rank-scores``; the joiner, trainer and publisher do the rest. Up to ``inflight`` requests are
 outstanding at once.
 
+Ctrl-C stops sending, lets the requests in flight finish, and checkpoints the replay (the
+requests completed, the evaluation logs, the baselines' models: :meth:`StreamingReplay.save`),
+so ``prerank replay --resume`` continues where it stopped; the same checkpoint is also written
+every ``checkpoint_every`` requests, so even a crash loses at most that many requests' worth of
+evaluation (they are replayed; the joiner drops the duplicate rank scores).
+
 The teacher is pre-fit in process on the requests before ``train_until`` (:func:`prefit_teacher`),
 saved, and loaded by the fine-ranker worker, so the replay and the ranker share one teacher.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -31,8 +40,9 @@ from models.losses import combine
 from prerank.settings import Settings
 from replay.candidates import CandidateConfig, CandidateGenerator
 from replay.dataset import Dataset
-from replay.evaluation import ConsistencyLog, FeedbackLog
+from replay.evaluation import ConsistencyLog, FeedbackLog, HitRateLog
 from replay.events import Request
+from replay.exceptions import ReplayInterrupted
 from replay.grouping import DEFAULT_GAP_MS, group_requests
 from replay.metrics import auc, consistency_recall
 from replay.offline import sample_rate, user_in_sample
@@ -63,6 +73,8 @@ class StreamConfig:
     response_timeout_s: float = 30.0
     speed: float | None = None  # None: as fast as the system answers; x: x times real time
     bucket_ms: int = 6 * 3_600_000  # event-time buckets of the metrics-over-time series
+    hit_k: int = 100  # hit rate: a long-viewed exposed item inside the arm's top-k of all candidates
+    checkpoint_every: int = 200  # answered requests between two checkpoints of the replay itself
     seed: int = 0
 
 
@@ -151,6 +163,10 @@ class StreamingReplay:
         self.feedback = FeedbackLog()
         self.teacher_feedback = FeedbackLog()
         self.consistency = ConsistencyLog(self.config.consistency_n, self.config.consistency_ks)
+        self.hits = HitRateLog("long_view", self.config.hit_k)
+        self.teacher_hits = HitRateLog("long_view", self.config.hit_k)
+        self.completed: list[str] = []  # request ids whose impressions went out, in that order
+        self.interrupted = False
         self.latencies_ms: list[float] = []
         self.round_trips_ms: list[float] = []
         self.tiers = {"local": 0, "redis": 0, "computed": 0}
@@ -165,6 +181,7 @@ class StreamingReplay:
         self.baseline_feedback = {name: FeedbackLog() for name in self.baselines}
         self.baseline_consistency = {name: ConsistencyLog(self.config.consistency_n, self.config.consistency_ks)
                                      for name in self.baselines}
+        self.baseline_hits = {name: HitRateLog("long_view", self.config.hit_k) for name in self.baselines}
         self._baseline_batch = []
         self.baseline_samples = 0
 
@@ -187,8 +204,14 @@ class StreamingReplay:
         producer.flush()
         return {"catalog_items": len(self.state.dataset.catalog), "profiles": n_profiles}
 
-    def run(self, requests: list[Request]) -> dict:
+    def run(self, requests: list[Request], checkpoint: Callable[[], None] | None = None) -> dict:
+        """Stream ``requests`` (skipping those already :attr:`completed`); ``checkpoint()`` is called
+        every ``checkpoint_every`` answers and on Ctrl-C, which then raises
+        :class:`~replay.exceptions.ReplayInterrupted`."""
         config = self.config
+        done = set(self.completed)
+        total = len(requests)
+        requests = [r for r in requests if r.request_id not in done]
         kafka = self.settings.kafka.kafka_python_config()
         producer = KafkaProducer(**kafka, linger_ms=2, acks=1, max_request_size=8 * 1024 * 1024)
         consumer = KafkaConsumer(**kafka, group_id=None, enable_auto_commit=False,
@@ -203,26 +226,49 @@ class StreamingReplay:
         time.sleep(1.0)  # let the catalog agent write the catalog before the first request
         outstanding: dict[str, Outstanding] = {}
         started = time.perf_counter()
+        saved_at = len(self.completed)
+
+        def maybe_checkpoint() -> None:
+            nonlocal saved_at
+            if checkpoint is not None and len(self.completed) - saved_at >= config.checkpoint_every:
+                producer.flush()  # a completed request's impressions are on the broker before it is saved
+                checkpoint()
+                saved_at = len(self.completed)
+
         try:
-            first_ts = requests[0].ts_ms if requests else 0
-            for index, request in enumerate(requests):
-                while len(outstanding) >= config.inflight:
-                    self._receive(consumer, producer, outstanding)
-                if config.speed:  # pace event time at `speed` times real time
-                    due = started + (request.ts_ms - first_ts) / 1000 / config.speed
-                    while time.perf_counter() < due:
+            try:
+                first_ts = self._first_ts_ms = requests[0].ts_ms if requests else 0
+                for index, request in enumerate(requests):
+                    while len(outstanding) >= config.inflight:
                         self._receive(consumer, producer, outstanding)
-                self._send(producer, request, outstanding)
-                if index % 200 == 0:
-                    self._report_progress(index, len(requests), started, outstanding)
+                    if config.speed:  # pace event time at `speed` times real time
+                        due = started + (request.ts_ms - first_ts) / 1000 / config.speed
+                        while time.perf_counter() < due:
+                            self._receive(consumer, producer, outstanding)
+                    self._send(producer, request, outstanding)
+                    maybe_checkpoint()
+                    if index % 50 == 0:
+                        self._report_progress(index, len(done), total, started, outstanding, request.ts_ms)
+            except KeyboardInterrupt:
+                self.interrupted = True
+                self.progress({"interrupted": f"finishing {len(outstanding)} requests in flight "
+                                              "(Ctrl-C again to stop at once)"})
             deadline = time.monotonic() + config.response_timeout_s
-            while outstanding and time.monotonic() < deadline:
-                self._receive(consumer, producer, outstanding)
-            self.counts["timeouts"] += len(outstanding)
+            try:
+                while outstanding and time.monotonic() < deadline:
+                    self._receive(consumer, producer, outstanding)
+            except KeyboardInterrupt:
+                self.interrupted = True  # the unanswered ones are sent again on resume
+            if not self.interrupted:
+                self.counts["timeouts"] += len(outstanding)
         finally:
             producer.flush()
             producer.close()
             consumer.close()
+        if self.interrupted:
+            if checkpoint is not None:
+                checkpoint()
+            raise ReplayInterrupted(len(self.completed), total)
         elapsed = time.perf_counter() - started
         return self.summary(elapsed, loaded)
 
@@ -278,6 +324,7 @@ class StreamingReplay:
                           value=impressions.CODEC.encode(record))
             self.counts["impressions"] += 1
         self.state.after(request)
+        self.completed.append(request.request_id)
 
     def _evaluate(self, pending: Outstanding, response) -> None:
         request = pending.request
@@ -301,13 +348,19 @@ class StreamingReplay:
             items = [self.state.dataset.catalog[i] for i in pending.candidates]
             objectives = self.teacher.score_objectives(pending.user, items)
             teacher_full = np.asarray(combine(objectives, self.teacher.objective_weights), dtype=np.float64)
+            long_viewed = {e.item_id for e in request.exposures if e.long_view}
+            relevant = np.fromiter((item_id in long_viewed for item_id in pending.candidates), bool, len(items))
             for name, baseline in self.baselines.items():
-                self.baseline_consistency[name].add(teacher_full, baseline.score(pending.user, items))
+                baseline_scores = baseline.score(pending.user, items)
+                self.baseline_consistency[name].add(teacher_full, baseline_scores)
+                self.baseline_hits[name].add(relevant, baseline_scores)
             student = np.full(len(items), -np.inf)
             position = {item_id: p for p, item_id in enumerate(pending.candidates)}
             for rank, scored in enumerate(response.items):  # only the top-k travels back: ranks suffice
                 student[position[scored.item_id]] = -rank
             self.consistency.add(teacher_full, student)
+            self.hits.add(relevant, student)
+            self.teacher_hits.add(relevant, teacher_full)
             self.consistency_timeline.append(
                 (request.ts_ms, consistency_recall(teacher_full, student, self.config.consistency_n, 100)))
 
@@ -318,26 +371,85 @@ class StreamingReplay:
             request.request_id, request.ts_ms, pending.user, items, (), feedback_of(request),
             LabelConfig(top_n=1, n_easy_negatives=0)))
         if len(self._baseline_batch) >= batch:
-            for baseline in self.baselines.values():
-                baseline.learn_many(self._baseline_batch)
-            self.baseline_samples += sum(s.n_items for s in self._baseline_batch)
-            self._baseline_batch = []
+            self._learn_baseline_batch()
+
+    def _learn_baseline_batch(self) -> None:
+        for baseline in self.baselines.values():
+            baseline.learn_many(self._baseline_batch)
+        self.baseline_samples += sum(s.n_items for s in self._baseline_batch)
+        self._baseline_batch = []
+
+    def save(self, directory: Path) -> None:
+        """Checkpoint: ``eval.json`` (requests completed, evaluation logs) and the baselines' models,
+        each file replaced atomically."""
+        directory.mkdir(parents=True, exist_ok=True)
+        if self._baseline_batch:  # learn the partial batch now: the checkpoint holds no pending state
+            self._learn_baseline_batch()
+        for name, baseline in self.baselines.items():
+            baseline.save(directory / f"baseline-{name}.json.tmp")
+            os.replace(directory / f"baseline-{name}.json.tmp", directory / f"baseline-{name}.json")
+        state = {
+            "completed": self.completed, "counts": self.counts, "tiers": self.tiers,
+            "versions": sorted(self.versions), "latencies_ms": self.latencies_ms,
+            "round_trips_ms": self.round_trips_ms, "timeline": self.timeline,
+            "consistency_timeline": self.consistency_timeline, "baseline_samples": self.baseline_samples,
+            "feedback": self.feedback.state(), "teacher_feedback": self.teacher_feedback.state(),
+            "consistency": self.consistency.state(), "hits": self.hits.state(),
+            "teacher_hits": self.teacher_hits.state(),
+            "baselines": {name: {"feedback": self.baseline_feedback[name].state(),
+                                 "consistency": self.baseline_consistency[name].state(),
+                                 "hits": self.baseline_hits[name].state()} for name in self.baselines},
+        }
+        temporary = directory / "eval.json.tmp"
+        temporary.write_text(json.dumps(state))
+        os.replace(temporary, directory / "eval.json")
+
+    def restore(self, directory: Path) -> list[str]:
+        """Load a checkpoint written by :meth:`save`; returns the completed request ids, in order.
+        The caller replays those requests into the :class:`ReplayState` (histories, popularity)."""
+        state = json.loads((directory / "eval.json").read_text())
+        self.completed = list(state["completed"])
+        self.counts.update(state["counts"])
+        self.tiers.update(state["tiers"])
+        self.versions = set(state["versions"])
+        self.latencies_ms = list(state["latencies_ms"])
+        self.round_trips_ms = list(state["round_trips_ms"])
+        self.timeline = [tuple(x) for x in state["timeline"]]
+        self.consistency_timeline = [tuple(x) for x in state["consistency_timeline"]]
+        self.baseline_samples = int(state["baseline_samples"])
+        self.feedback = FeedbackLog.from_state(state["feedback"])
+        self.teacher_feedback = FeedbackLog.from_state(state["teacher_feedback"])
+        self.consistency = ConsistencyLog.from_state(state["consistency"])
+        self.hits = HitRateLog.from_state(state["hits"])
+        self.teacher_hits = HitRateLog.from_state(state["teacher_hits"])
+        for name, baseline in list(self.baselines.items()):
+            logs = state["baselines"][name]
+            self.baselines[name] = type(baseline).load(directory / f"baseline-{name}.json")
+            self.baseline_feedback[name] = FeedbackLog.from_state(logs["feedback"])
+            self.baseline_consistency[name] = ConsistencyLog.from_state(logs["consistency"])
+            self.baseline_hits[name] = HitRateLog.from_state(logs["hits"])
+        return self.completed
 
     def baseline_summaries(self) -> dict[str, dict]:
         return {
             name: {**self.baseline_feedback[name].summary(), **self.baseline_consistency[name].summary(),
+                   **self.baseline_hits[name].summary(),
                    "path": "in-process baseline on the streamed requests", "requests": self.counts["eval_requests"],
                    "samples_learned": self.baseline_samples, "zero_row_ratio": float("nan"),
                    "export_size_reduction": float("nan")}
             for name in self.baselines
         }
 
-    def _report_progress(self, index: int, total: int, started: float, outstanding) -> None:
+    def _report_progress(self, index: int, resumed: int, total: int, started: float, outstanding,
+                         event_ts_ms: int) -> None:
         elapsed = time.perf_counter() - started
+        behind = (time.perf_counter() - started - (event_ts_ms - self._first_ts_ms) / 1000 / self.config.speed
+                  if self.config.speed else None)
         self.progress({
-            "requests": index, "total": total, "elapsed_s": elapsed,
+            "requests": resumed + index, "total": total, "elapsed_s": elapsed,
             "requests_per_s": index / elapsed if elapsed > 0 else 0.0, "inflight": len(outstanding),
-            "answered": self.counts["answered"],
+            "answered": self.counts["answered"], "impressions": self.counts["impressions"],
+            "event_time_ms": event_ts_ms, "behind_schedule_s": behind,
         })
 
     def summary(self, elapsed_s: float, loaded: Mapping[str, int]) -> dict:
@@ -346,7 +458,8 @@ class StreamingReplay:
         return {
             **self.feedback.summary(),
             **self.consistency.summary(),
-            "teacher": self.teacher_feedback.summary(),
+            **self.hits.summary(),
+            "teacher": {**self.teacher_feedback.summary(), **self.teacher_hits.summary()},
             "requests": self.counts["eval_requests"],
             "counts": dict(self.counts),
             "loaded": dict(loaded),
