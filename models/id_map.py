@@ -25,6 +25,7 @@ milliseconds). Ids are strings; other hashables are converted with ``str``.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,9 @@ class DynamicIdMap:
         self._last_seen = np.zeros(16, dtype=np.int64)
         self._evicted_rows: list[int] = []
         self._evicted_ids: list[str] = []
+        # Bumped whenever an id gains or loses a row, so callers may cache rows of raw ids as long
+        # as (this map, version) is unchanged. Sightings of pending ids do not change any row.
+        self.version = 0
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
@@ -83,6 +87,19 @@ class DynamicIdMap:
     def row(self, raw_id: Hashable) -> int:
         """The row of ``raw_id`` without counting a sighting (fallback if not admitted)."""
         return self._row_of.get(_key(raw_id), FALLBACK_ROW)
+
+    def rows(self, raw_ids: Sequence[str]) -> np.ndarray:
+        """Read-only rows of string ids (fallback row where not admitted), int64 ``(len(raw_ids),)``.
+
+        ``lookup(raw_ids, now, learn=False)`` for ids known to be ``str``, in one C-level pass:
+        no second lookup of the misses through :func:`_key`.
+
+        >>> ids = DynamicIdMap()
+        >>> _ = ids.lookup(["a"], now=0)
+        >>> ids.rows(["b", "a"]).tolist()
+        [0, 1]
+        """
+        return np.fromiter(map(self._row_of.get, raw_ids, repeat(FALLBACK_ROW)), dtype=np.int64, count=len(raw_ids))
 
     # ------------------------------------------------------------------ lookups
     def lookup(self, raw_ids: Sequence[Hashable], now: int, learn: bool = True) -> np.ndarray:
@@ -133,6 +150,7 @@ class DynamicIdMap:
             if row >= len(self._last_seen):
                 self._last_seen = np.concatenate([self._last_seen, np.zeros_like(self._last_seen)])
         self._row_of[key] = row
+        self.version += 1
         return row
 
     # ------------------------------------------------------------------ eviction
@@ -177,6 +195,8 @@ class DynamicIdMap:
             evicted.append(key)
             self._evicted_rows.append(row)
         self._evicted_ids.extend(evicted)
+        if evicted:
+            self.version += 1
         return evicted
 
     def take_evicted(self) -> tuple[list[int], list[str]]:

@@ -135,12 +135,9 @@ class TeacherLearner:
         """Float32 logits per objective of :data:`~models.features.OBJECTIVES`, each ``(n,)``."""
         if not items:
             return {o: np.zeros(0, dtype=np.float32) for o in OBJECTIVES}
-        index = torch.arange(len(items))
         with torch.no_grad():
-            logits = self.model(
-                [user], list(items), torch.zeros(len(items), dtype=torch.int64), index,
-                self.item_statistics.features([i.item_id for i in items]),
-                SparseLookup(self.model.tables, 0, learn=False),
+            logits = self.model.score_one_user(
+                user, items, self.item_statistics.features([i.item_id for i in items])
             ).numpy()
         return {o: logits[:, t].copy() for t, o in enumerate(OBJECTIVES)}
 
