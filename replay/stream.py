@@ -206,7 +206,7 @@ class StreamingReplay:
 
     def run(self, requests: list[Request], checkpoint: Callable[[], None] | None = None) -> dict:
         """Stream ``requests`` (skipping those already :attr:`completed`); ``checkpoint()`` is called
-        every ``checkpoint_every`` answers and on Ctrl-C, which then raises
+        every ``checkpoint_every`` answers and at the end, also on Ctrl-C, which then raises
         :class:`~replay.exceptions.ReplayInterrupted`."""
         config = self.config
         done = set(self.completed)
@@ -265,9 +265,9 @@ class StreamingReplay:
             producer.flush()
             producer.close()
             consumer.close()
+        if checkpoint is not None:
+            checkpoint()
         if self.interrupted:
-            if checkpoint is not None:
-                checkpoint()
             raise ReplayInterrupted(len(self.completed), total)
         elapsed = time.perf_counter() - started
         return self.summary(elapsed, loaded)

@@ -44,6 +44,36 @@ def test_short_replay_through_the_agents_writes_a_report(stack_settings, tmp_pat
     assert (tmp_path / "over_time.png").stat().st_size > 0
 
 
+def test_an_interrupted_replay_resumes_where_it_stopped(stack_settings, tmp_path):
+    """Ctrl-C mid-stream (simulated in the progress callback), then ``--resume``: every request is
+    completed exactly once, the trainer carries on from its checkpoint, the report is whole."""
+    from replay.exceptions import ReplayInterrupted
+    from replay.progress import RunProgress, find_resumable
+
+    def ctrl_c_after_60(state):
+        if state.get("requests", 0) >= 60:
+            raise KeyboardInterrupt
+
+    with pytest.warns(UserWarning, match="(?i)synthetic"), pytest.raises(ReplayInterrupted) as stopped:
+        run_replay(stack_settings, None, ["cascade"], None, tmp_path, baselines=True, max_requests=150,
+                   n_candidates=200, progress=ctrl_c_after_60)
+    run_dir = find_resumable(tmp_path)
+    checkpoint = json.loads((run_dir / "cascade" / "eval.json").read_text())
+    assert 60 <= stopped.value.completed == len(checkpoint["completed"]) < stopped.value.total
+    assert checkpoint["counts"]["answered"] == checkpoint["counts"]["sent"]  # in flight were drained
+    assert (run_dir / "cascade" / "baseline-online_tree.json").exists()
+
+    with pytest.warns(UserWarning, match="(?i)synthetic"):
+        report = run_replay(stack_settings, None, ["ignored"], "2000-01-01", tmp_path, resume=True,
+                            progress=lambda _: None)
+    completed = json.loads((run_dir / "cascade" / "eval.json").read_text())["completed"]
+    assert len(completed) == len(set(completed)) == stopped.value.total  # each request once
+    cascade = report["cascade"]
+    assert cascade["counts"]["answered"] == cascade["counts"]["sent"] == stopped.value.total
+    assert cascade["records_learned"] > 0 and report["global_ctr"]["requests"] == cascade["requests"]
+    assert RunProgress.load(run_dir).complete and json.loads((tmp_path / "run.json").read_text())["work_dir"] == str(run_dir)
+
+
 @pytest.mark.prometheus
 def test_every_dashboard_panel_has_data_from_real_workers_during_a_replay(stack_settings, tmp_path):
     """A real Prometheus scrapes the replay's real workers; every panel query returns data."""
