@@ -81,7 +81,8 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         report = run_replay(
             settings, data, args.mode or ["cascade"], args.eval_from, args.report_dir, until=args.until,
             train_until=args.train_until, baselines=args.baselines, max_requests=args.max_requests,
-            n_candidates=args.candidates, progress=_print_progress, speed=args.speed, resume=args.resume,
+            n_candidates=args.candidates, progress=ProgressPrinter(), speed=args.speed, resume=args.resume,
+            l1_sweep=_floats(args.l1_sweep), l1_sweep_requests=args.l1_sweep_requests,
         )
     except ReplayInterrupted as stopped:
         print(f"\n{stopped}; progress saved. Continue with: prerank replay --resume --report-dir {args.report_dir}")
@@ -107,7 +108,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     try:
         report = run_replay(
             settings, data, ["cascade", "impressions"], None, args.report_dir, baselines=True,
-            max_requests=args.max_requests, n_candidates=args.candidates, progress=_print_progress,
+            max_requests=args.max_requests, n_candidates=args.candidates, progress=ProgressPrinter(),
+            l1_sweep=_floats(DEMO_L1_SWEEP), l1_sweep_requests=args.l1_sweep_requests,
         )
     except ReplayInterrupted as stopped:
         print(f"\n{stopped}; progress saved. Continue with: prerank replay --resume --report-dir {args.report_dir}")
@@ -127,19 +129,35 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _print_progress(state: dict) -> None:
-    if "requests" in state:
-        done = state["requests"] / max(1, state["total"])
-        bar = "#" * int(done * 20)
-        event_time = time.strftime("%m-%d %H:%M", time.gmtime(state["event_time_ms"] / 1000 + 8 * 3600))
-        behind = state.get("behind_schedule_s")
-        print(f"\r[{state.get('mode', '')}] [{bar:<20}] {state['requests']}/{state['total']} requests, "
-              f"{state['impressions']} impressions, {state['requests_per_s']:.1f} req/s, "
-              f"{state['inflight']} in flight, event time {event_time}"
-              + (f", {behind:+.0f}s vs schedule" if behind is not None else "") + "   ",
-              end="", flush=True)
-    else:
-        print(json.dumps(state, default=str))
+DEMO_L1_SWEEP = "0,0.5,2"
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+class ProgressPrinter:
+    """One self-overwriting progress line per mode; other events as JSON lines below it."""
+
+    def __init__(self) -> None:
+        self.on_bar = False
+
+    def __call__(self, state: dict) -> None:
+        if "requests" in state and "total" in state:
+            done = state["requests"] / max(1, state["total"])
+            event_time = time.strftime("%m-%d %H:%M", time.gmtime(state["event_time_ms"] / 1000 + 8 * 3600))
+            behind = state.get("behind_schedule_s")
+            print(f"\r[{state.get('mode', '')}] [{'#' * int(done * 20):<20}] {state['requests']}/{state['total']} "
+                  f"requests, {state['impressions']} impressions, {state['requests_per_s']:.1f} req/s, "
+                  f"{state['inflight']} in flight, event time {event_time}"
+                  + (f", {behind:+.0f}s vs schedule" if behind is not None else "") + "   ",
+                  end="", flush=True)
+            self.on_bar = True
+        else:
+            if self.on_bar:
+                print()
+                self.on_bar = False
+            print(json.dumps(state, default=str))
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -182,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=1000, help="candidates per request")
     p.add_argument("--speed", type=float, default=None, help="x times real time (default: as fast as possible)")
     p.add_argument("--report-dir", type=Path, default=Path("reports/replay"))
+    p.add_argument("--l1-sweep", default="0,0.1,0.5,1,2",
+                   help="FTRL l1 values to sweep in process for the zero-rows plot ('' skips it)")
+    p.add_argument("--l1-sweep-requests", type=int, default=20_000, help="the last N replayed requests")
     p.add_argument("--resume", action="store_true",
                    help="continue the newest interrupted run under --report-dir with its own parameters")
     p.set_defaults(run=_replay)
@@ -191,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-requests", type=int, default=600, help="user-sampled requests streamed per mode")
     p.add_argument("--candidates", type=int, default=1000)
     p.add_argument("--report-dir", type=Path, default=Path("reports/demo"))
+    p.add_argument("--l1-sweep-requests", type=int, default=8_000)
     p.set_defaults(run=_demo)
 
     p = sub.add_parser("report", help="write report.md and plots from a replay's report.json")

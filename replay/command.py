@@ -16,6 +16,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+from models.ftrl import FTRLConfig
 from prerank.processes import Worker
 from prerank.settings import Settings
 from replay.candidates import CandidateConfig
@@ -23,6 +24,7 @@ from replay.load import load_dataset
 from replay.exceptions import ReplayInterrupted
 from replay.offline import local_date_ms
 from replay.progress import RunProgress, find_resumable
+from replay.sparsity import request_samples, sweep
 from replay.stream import ReplayState, StreamConfig, StreamingReplay, prefit_teacher, replay_requests
 
 log = logging.getLogger(__name__)
@@ -153,6 +155,7 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
         "export_bytes": meta.get("weights_bytes"),
         "export_bytes_unpruned": unpruned,
         "final_version": meta.get("version"),
+        "ftrl_l1": FTRLConfig().l1,  # what the trainer's learner uses
     })
     return result, replay.baseline_summaries()
 
@@ -188,10 +191,13 @@ def run_replay(
     until: str | None = None, train_until: str | None = None, baselines: bool = False,
     max_requests: int | None = 3000, n_candidates: int = 1000, progress=print, on_mode_started=None,
     speed: float | None = None, on_mode_finished=None, resume: bool = False,
+    l1_sweep: tuple[float, ...] = (), l1_sweep_requests: int = 20_000,
 ) -> dict:
     """Replay ``data`` (None: synthetic) once per mode; ``on_mode_started(settings)`` is called when
     a mode's workers are up, ``on_mode_finished(settings)`` after they learned everything and
-    before they stop (e.g. to attach or read a monitor).
+    before they stop (e.g. to attach or read a monitor). ``l1_sweep`` adds FTRL's l1 against
+    all-zero rows, export size and AUC on the last ``l1_sweep_requests`` replayed requests, in
+    process (``run.json``; the report plots it).
 
     With ``resume`` the newest interrupted run under ``report_dir`` continues with its own
     parameters (the other arguments are ignored): same run id, topics, Redis prefix, teacher,
@@ -207,7 +213,8 @@ def run_replay(
         run = RunProgress(report_dir / f"run-{uuid.uuid4().hex[:6]}", params={
             "data": str(data) if data else None, "modes": list(modes), "eval_from": eval_from, "until": until,
             "train_until": train_until, "baselines": baselines, "max_requests": max_requests,
-            "candidates": n_candidates, "speed": speed,
+            "candidates": n_candidates, "speed": speed, "l1_sweep": list(l1_sweep),
+            "l1_sweep_requests": l1_sweep_requests,
         })
         run.save()
     params, work = run.params, run.directory
@@ -240,6 +247,12 @@ def run_replay(
                                                       work, run.run_id, progress, riders, on_mode_started,
                                                       on_mode_finished)
         run.baselines.update(from_baselines)
+        run.save()
+    if params.get("l1_sweep") and "l1_sweep" not in run.extras:
+        progress({"l1_sweep": params["l1_sweep"], "requests": params["l1_sweep_requests"]})
+        swept = (prefit + streamed)[-params["l1_sweep_requests"]:]
+        run.extras["l1_sweep"] = {"requests": len(swept),
+                                  "results": sweep(request_samples(dataset, swept), params["l1_sweep"])}
         run.save()
     report = {**run.finished, **run.baselines}
     details = {name: result.get("latencies_ms", []) for name, result in report.items()}

@@ -2,7 +2,7 @@
 
 >>> table = markdown_table({"cascade": {"auc_click": 0.61, "requests": 10}})
 >>> table.splitlines()[2]
-'| cascade | 0.610 | nan | nan | nan | nan | nan | nan | nan | 10 | 0 |'
+'| cascade | 0.610 | nan | nan | nan | nan | nan | nan | nan | nan | 10 | 0 |'
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 COLUMNS = (
     "auc_click", "auc_long_view", "gauc_long_view", "consistency_recall_at_50",
-    "consistency_recall_at_100", "consistency_recall_at_200", "zero_row_ratio", "export_size_reduction",
-    "requests", "samples_learned",
+    "consistency_recall_at_100", "consistency_recall_at_200", "hit_rate_long_view_at_100", "zero_row_ratio",
+    "export_size_reduction", "requests", "samples_learned",
 )
 
 
@@ -40,8 +40,26 @@ def markdown_table(report: Mapping[str, Mapping]) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def sweep_table(sweep: Mapping) -> str:
+    """The l1 sweep as Markdown.
+
+    >>> print(sweep_table({"requests": 9, "results": [{"l1": 0.5, "zero_row_ratio": 0.7,
+    ...     "export_size_reduction": 0.3, "auc_long_view": 0.7, "auc_loss_vs_smallest_l1": 0.01}]}))
+    FTRL l1 sweep (impressions mode, 9 requests, in process):
+    <BLANKLINE>
+    | l1 | zero_row_ratio | export_size_reduction | auc_long_view | auc_loss_vs_smallest_l1 |
+    |---|---|---|---|---|
+    | 0.5 | 0.700 | 0.300 | 0.700 | 0.010 |
+    """
+    columns = ("zero_row_ratio", "export_size_reduction", "auc_long_view", "auc_loss_vs_smallest_l1")
+    rows = [f"| {r['l1']:g} | " + " | ".join(_cell(float(r[c])) for c in columns) + " |" for r in sweep["results"]]
+    return "\n".join([f"FTRL l1 sweep (impressions mode, {sweep['requests']} requests, in process):", "",
+                      "| l1 | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1), *rows])
+
+
 def plot(report_dir: Path, report: Mapping[str, Mapping], run: Mapping | None = None) -> list[Path]:
-    """PNG plots: quality side by side, scorer latency histogram, cache tiers."""
+    """PNG plots: quality side by side, metrics over replay time, scorer latency histogram,
+    zero-row ratio against l1, cache hit rate by tier."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,6 +112,15 @@ def plot(report_dir: Path, report: Mapping[str, Mapping], run: Mapping | None = 
         fig.savefig(written[-1])
         plt.close(fig)
 
+    sparsity = (run or {}).get("l1_sweep")
+    if sparsity and sparsity.get("results"):
+        from replay.sparsity import plot as plot_sparsity
+
+        streamed = {name: {"l1": r["ftrl_l1"], "zero_row_ratio": r["zero_row_ratio"]}
+                    for name, r in report.items() if r.get("ftrl_l1") is not None}
+        written.append(report_dir / "zero_rows_vs_l1.png")
+        plot_sparsity(sparsity["results"], written[-1], streamed)
+
     tiers = {name: r.get("cache_tiers") for name, r in report.items() if r.get("cache_tiers")}
     if tiers:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -123,6 +150,8 @@ def write_report(report_dir: Path, report: Mapping[str, Mapping] | None = None) 
     run_path = report_dir / "run.json"
     run = json.loads(run_path.read_text()) if run_path.exists() else None
     table = markdown_table(report)
+    if run and run.get("l1_sweep"):
+        table += "\n\n" + sweep_table(run["l1_sweep"])
     plots = plot(report_dir, report, run)
     (report_dir / "report.md").write_text(table + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
     return table + "\n\nplots: " + ", ".join(str(p) for p in plots)

@@ -20,7 +20,8 @@ REQUIRED = ("auc_click", "auc_long_view", "gauc_long_view", "consistency_recall_
 def test_short_replay_through_the_agents_writes_a_report(stack_settings, tmp_path):
     with pytest.warns(UserWarning, match="(?i)synthetic"):
         report = run_replay(stack_settings, None, ["cascade"], None, tmp_path, baselines=True,
-                            max_requests=80, n_candidates=200, progress=lambda _: None)
+                            max_requests=80, n_candidates=200, progress=lambda _: None,
+                            l1_sweep=(0.0, 3.0), l1_sweep_requests=400)
     assert set(report) == {"cascade", "global_ctr", "logistic_ftrl", "online_tree"}
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert set(on_disk) == set(report)
@@ -42,6 +43,10 @@ def test_short_replay_through_the_agents_writes_a_report(stack_settings, tmp_pat
     series = cascade["over_time"]
     assert series and sum(point["exposures"] for point in series) == cascade["eval_exposures"]
     assert (tmp_path / "over_time.png").stat().st_size > 0
+    assert 0.0 <= cascade["hit_rate_long_view_at_100"] <= 1.0
+    sweep = {r["l1"]: r for r in json.loads((tmp_path / "run.json").read_text())["l1_sweep"]["results"]}
+    assert sweep[0.0]["zero_row_ratio"] == 0.0 < sweep[3.0]["zero_row_ratio"]
+    assert (tmp_path / "zero_rows_vs_l1.png").stat().st_size > 0 and "FTRL l1 sweep" in table
 
 
 def test_an_interrupted_replay_resumes_where_it_stopped(stack_settings, tmp_path):
