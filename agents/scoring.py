@@ -62,7 +62,7 @@ class VectorLRU:
 
     def slots(self, item_ids: Sequence[str]) -> np.ndarray:
         """Row of each id in the matrix, -1 where absent; hits become most recent."""
-        found = np.fromiter(map(self._slot_of.get, item_ids, repeat(-1)), dtype=np.int64, count=len(item_ids))
+        found = self._slots_of(item_ids)
         self._tick += 1
         self._last_used[found[found >= 0]] = self._tick
         return found
@@ -79,14 +79,23 @@ class VectorLRU:
             self.clear()
             self._matrix = np.zeros((self.capacity, vectors.shape[1]), dtype=np.float32)
         self._tick += 1
-        for item_id, vector in zip(item_ids, vectors):
-            slot = self._slot_of.get(item_id)
-            if slot is None:
+        slots = self._slots_of(item_ids)
+        self._last_used[slots[slots >= 0]] = self._tick  # ids already cached are not eviction victims
+        for k in np.flatnonzero(slots < 0).tolist():  # only new ids need a slot (and maybe an eviction)
+            item_id = item_ids[k]
+            if item_id not in self._slot_of:  # an id repeated in this call got one already
                 slot = self._free_slot()
                 self._slot_of[item_id] = slot
                 self._id_of[slot] = item_id
-            self._matrix[slot] = vector
-            self._last_used[slot] = self._tick
+                self._last_used[slot] = self._tick
+        # Resolve again: only a call larger than the capacity evicts its own ids, and those are
+        # left out. One scatter (an id repeated in a call carries the same vector each time).
+        slots = self._slots_of(item_ids)
+        kept = slots >= 0
+        self._matrix[slots[kept]] = vectors[kept]
+
+    def _slots_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        return np.fromiter(map(self._slot_of.get, item_ids, repeat(-1)), dtype=np.int64, count=len(item_ids))
 
     def _free_slot(self) -> int:
         if len(self._id_of) < self.capacity:
@@ -261,17 +270,16 @@ class Scorer:
         unknown = 0
         if self.redis_ok:
             try:
-                fetched = self.store.vectors(self.version, [item_ids[i] for i in missing], self.dtype)
+                found, fetched = self.store.vector_rows(self.version, [item_ids[i] for i in missing], self.dtype)
             except RedisError as exc:
                 self._redis_failed(exc)
-                fetched = [None] * len(missing)
-            got = [j for j, vector in enumerate(fetched) if vector is not None]
-            if got:
-                rows = missing[got]
-                vectors[rows] = np.stack([fetched[j] for j in got])
-                self.lru.put_many([item_ids[i] for i in rows], vectors[rows])
-            tiers["redis"] = len(got)
-            missing = np.asarray([missing[j] for j, vector in enumerate(fetched) if vector is None], dtype=np.int64)
+                found, fetched = np.zeros(len(missing), dtype=bool), None
+            if found.any():
+                rows = missing[found]
+                vectors[rows] = fetched
+                self.lru.put_many([item_ids[i] for i in rows], fetched)
+            tiers["redis"] = int(found.sum())
+            missing = missing[~found]
         if len(missing):
             features, unknown = self._features([item_ids[i] for i in missing])
             vectors[missing] = np.asarray(self.model.item_vectors(features), dtype=np.float32)
