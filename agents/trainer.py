@@ -19,6 +19,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.exceptions import RedisError
 
@@ -52,6 +53,18 @@ def new_learner(settings: Settings) -> StudentLearner:
         output_dim=model.output_dim, min_count=model.min_count, seed=model.seed,
     )
     return StudentLearner(config, objective=StudentObjective(mode=model.mode))
+
+
+def _zero_ratio(masks) -> float:
+    """Share of all-zero rows over the given tables' masks (0.0 when empty), as
+    :meth:`TwoTowerStudent.zero_row_ratio` and :meth:`EmbeddingTable.zero_row_ratio` compute it.
+
+    >>> _zero_ratio([np.array([True, False]), np.array([True])]), _zero_ratio([np.zeros(0, dtype=bool)])
+    (0.6666666666666666, 0.0)
+    """
+    masks = list(masks)
+    total = sum(mask.size for mask in masks)
+    return sum(int(mask.sum()) for mask in masks) / total if total else 0.0
 
 
 class ProgressiveAUC:
@@ -146,8 +159,11 @@ class Trainer:
 
     def publish(self) -> None:
         learner = self.state.learner
+        # Each table's all-zero mask once per version, for the version's ratio and the per-table
+        # gauges (each mask is a scan of the table).
+        zero_masks = {name: table.zero_rows_mask()[1] for name, table in learner.student.tables.items()}
         extra = {
-            "zero_row_ratio": learner.zero_row_ratio(),
+            "zero_row_ratio": _zero_ratio(zero_masks.values()),
             "weights_bytes_unpruned": len(export_bytes(learner, prune=False)),
             "records_learned": self.state.counters["records"],
         }
@@ -170,7 +186,7 @@ class Trainer:
             self.metrics.embedding_admissions_total.labels(table=name).inc(max(0, rows - self._rows_seen.get(name, 0)))
             self._rows_seen[name] = rows
             self.metrics.embedding_rows.labels(table=name).set(rows)
-            self.metrics.embedding_zero_rows_ratio.labels(table=name).set(table.zero_row_ratio())
+            self.metrics.embedding_zero_rows_ratio.labels(table=name).set(_zero_ratio([zero_masks[name]]))
         self.metrics.embedding_evictions_total.labels(table="item").inc(meta["deleted"])
         for label, value in self.progressive.aucs().items():
             self.metrics.set_progressive_auc(label, value)
