@@ -25,6 +25,7 @@ from replay.exceptions import ReplayInterrupted
 from replay.offline import local_date_ms
 from replay.progress import RunProgress, find_resumable
 from replay.sparsity import request_samples, sweep
+from replay.warm_start import install_as_first_checkpoint, pretrain_student
 from replay.stream import ReplayState, StreamConfig, StreamingReplay, prefit_teacher, replay_requests
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def wait_for_workers(store, workers: list[Worker], timeout_s: float = 90.0) -> N
 
 def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teacher, prefit, streamed,
              work: Path, run_id: str, progress, baselines: dict | None = None,
-             on_started=None, on_finished=None) -> tuple[dict, dict]:
+             on_started=None, on_finished=None, student=None) -> tuple[dict, dict]:
     """One mode's funnel; resumes from ``work/MODE/eval.json`` when an earlier attempt left one.
 
     Raises :class:`~replay.exceptions.ReplayInterrupted` on Ctrl-C, after the requests in flight
@@ -117,6 +118,8 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
         for request_id in completed:  # histories and popularity as they were when it stopped
             state.after(by_id[request_id])
         progress({"mode": mode, "resumed_after_requests": len(completed), "of": len(streamed)})
+    if student is not None:  # the trainer starts from it (unless a resumed run has its own checkpoint)
+        install_as_first_checkpoint(student, mode, ms.worker.checkpoint_dir)
     logs = work / mode
     workers = [
         Worker(ms, "history,joiner,scorer", logs / "serving.log", index=0),
@@ -191,13 +194,14 @@ def run_replay(
     until: str | None = None, train_until: str | None = None, baselines: bool = False,
     max_requests: int | None = 3000, n_candidates: int = 1000, progress=print, on_mode_started=None,
     speed: float | None = None, on_mode_finished=None, resume: bool = False,
-    l1_sweep: tuple[float, ...] = (), l1_sweep_requests: int = 20_000,
+    l1_sweep: tuple[float, ...] = (), l1_sweep_requests: int = 20_000, warm_start: bool = True,
 ) -> dict:
     """Replay ``data`` (None: synthetic) once per mode; ``on_mode_started(settings)`` is called when
     a mode's workers are up, ``on_mode_finished(settings)`` after they learned everything and
     before they stop (e.g. to attach or read a monitor). ``l1_sweep`` adds FTRL's l1 against
     all-zero rows, export size and AUC on the last ``l1_sweep_requests`` replayed requests, in
-    process (``run.json``; the report plots it).
+    process (``run.json``; the report plots it). ``warm_start`` trains the student on the
+    pre-period the fine ranker was fitted on before the stream starts (:mod:`replay.warm_start`).
 
     With ``resume`` the newest interrupted run under ``report_dir`` continues with its own
     parameters (the other arguments are ignored): same run id, topics, Redis prefix, teacher,
@@ -214,7 +218,7 @@ def run_replay(
             "data": str(data) if data else None, "modes": list(modes), "eval_from": eval_from, "until": until,
             "train_until": train_until, "baselines": baselines, "max_requests": max_requests,
             "candidates": n_candidates, "speed": speed, "l1_sweep": list(l1_sweep),
-            "l1_sweep_requests": l1_sweep_requests,
+            "l1_sweep_requests": l1_sweep_requests, "warm_start": warm_start,
         })
         run.save()
     params, work = run.params, run.directory
@@ -240,12 +244,18 @@ def run_replay(
         run.prefit = prefit_teacher(ReplayState(dataset, config), teacher, prefit)
         teacher.save(teacher_path)
         run.save()
+    student = None
+    if params.get("warm_start") and run.pending_modes():
+        student, warm = pretrain_student(settings, dataset, prefit)  # seeded: the same on resume
+        run.prefit = {**run.prefit, **warm}
+        progress(warm)
+        run.save()
     for mode in run.pending_modes():
         # Baselines ride along the first mode's replay: same requests, same candidates.
         riders = new_baselines() if params["baselines"] and mode == params["modes"][0] else None
         run.finished[mode], from_baselines = run_mode(settings, mode, dataset, config, teacher, prefit, streamed,
                                                       work, run.run_id, progress, riders, on_mode_started,
-                                                      on_mode_finished)
+                                                      on_mode_finished, student)
         run.baselines.update(from_baselines)
         run.save()
     if params.get("l1_sweep") and "l1_sweep" not in run.extras:

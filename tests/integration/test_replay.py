@@ -44,7 +44,9 @@ def test_short_replay_through_the_agents_writes_a_report(stack_settings, tmp_pat
     assert series and sum(point["exposures"] for point in series) == cascade["eval_exposures"]
     assert (tmp_path / "over_time.png").stat().st_size > 0
     assert 0.0 <= cascade["hit_rate_long_view_at_100"] <= 1.0
-    sweep = {r["l1"]: r for r in json.loads((tmp_path / "run.json").read_text())["l1_sweep"]["results"]}
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["prefit"]["warm_start_requests"] > 0  # the trainer started from the pre-period student
+    sweep = {r["l1"]: r for r in run["l1_sweep"]["results"]}
     assert sweep[0.0]["zero_row_ratio"] == 0.0 < sweep[3.0]["zero_row_ratio"]
     assert (tmp_path / "zero_rows_vs_l1.png").stat().st_size > 0 and "FTRL l1 sweep" in table
 
