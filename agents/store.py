@@ -76,7 +76,7 @@ class ModelStore:
         pipe.set(f"{prefix}:weights", weights, ex=ttl_s)
         for start in range(0, len(item_ids), CHUNK):
             for item_id, row in zip(item_ids[start:start + CHUNK], vectors[start:start + CHUNK]):
-                pipe.set(self.vector_key(version, item_id), row.tobytes(), ex=ttl_s)
+                pipe.execute_command("SET", self.vector_key(version, item_id), row.tobytes(), "EX", ttl_s)
             pipe.execute()
         deleted = list(deleted_ids)
         older = [v for v in self.live_versions() if v != version]

@@ -83,6 +83,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
             train_until=args.train_until, baselines=args.baselines, max_requests=args.max_requests,
             n_candidates=args.candidates, progress=ProgressPrinter(), speed=args.speed, resume=args.resume,
             l1_sweep=_floats(args.l1_sweep), l1_sweep_requests=args.l1_sweep_requests,
+            warm_start=not args.cold_start,
         )
     except ReplayInterrupted as stopped:
         print(f"\n{stopped}; progress saved. Continue with: prerank replay --resume --report-dir {args.report_dir}")
@@ -203,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--l1-sweep", default="0,0.1,0.5,1,2",
                    help="FTRL l1 values to sweep in process for the zero-rows plot ('' skips it)")
     p.add_argument("--l1-sweep-requests", type=int, default=20_000, help="the last N replayed requests")
+    p.add_argument("--cold-start", action="store_true",
+                   help="the student starts from random weights (default: trained on the teacher's pre-period)")
     p.add_argument("--resume", action="store_true",
                    help="continue the newest interrupted run under --report-dir with its own parameters")
     p.set_defaults(run=_replay)
