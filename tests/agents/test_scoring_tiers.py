@@ -69,3 +69,64 @@ def test_scorer_tiers_give_the_stored_and_the_computed_vectors():
     np.testing.assert_allclose(again, vectors, rtol=0, atol=0)
     response = scorer.score(ScoreRequest(request_id="r", user_id="u", ts_ms=0, candidates=ids, k=3), UserFeatures("u"))
     assert response.error is None and len(response.items) == 3
+
+
+class FakePipelineRedis(FakeRedis):
+    """Enough of a client for ModelStore.publish: pipelines of SET / DELETE / ZADD, run at execute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ttl: dict[str, int] = {}
+        self.zsets: dict[str, dict[str, float]] = {}
+        self.queued: list[tuple] = []
+
+    def pipeline(self, transaction: bool = False):
+        return self
+
+    def execute_command(self, *args):
+        self.queued.append(args)
+
+    def set(self, key, value, ex=None):
+        self.queued.append(("SET", key, value, "EX", ex) if ex is not None else ("SET", key, value))
+
+    def delete(self, *keys):
+        self.queued.append(("DEL", *keys))
+
+    def zadd(self, key, mapping):
+        self.queued.append(("ZADD", key, mapping))
+
+    def execute(self):
+        for command, key, *rest in self.queued:
+            if command == "SET":
+                self.data[key] = rest[0] if isinstance(rest[0], bytes) else str(rest[0]).encode()
+                if len(rest) == 3:
+                    self.ttl[key] = rest[2]
+            elif command == "DEL":
+                for k in (key, *rest):
+                    self.data.pop(k, None)
+            elif command == "ZADD":
+                self.zsets.setdefault(key, {}).update(rest[0])
+        self.queued = []
+
+    def zrange(self, key, start, end):
+        return list(self.zsets.get(key, {}))
+
+    def exists(self, key):
+        return int(key in self.data)
+
+    def zrem(self, key, *members):
+        for member in members:
+            self.zsets.get(key, {}).pop(member, None)
+
+
+def test_published_vectors_read_back_in_order_with_their_ttl():
+    store = ModelStore(FakePipelineRedis(), "p")
+    ids = [f"i{k}" for k in range(5000)]  # more than one chunk
+    vectors = np.random.default_rng(0).normal(size=(5000, 8)).astype(np.float16)
+    store.publish(3, b"weights", ids, vectors, {"created_at_ms": 1}, ttl_s=77)
+    assert store.current_version() == 3 and store.weights(3) == b"weights"
+    assert store.client.ttl[store.vector_key(3, "i4999")] == 77
+    found, rows = store.vector_rows(3, ["i7", "missing", "i4999", "i7"], "float16")
+    assert found.tolist() == [True, False, True, True]
+    np.testing.assert_array_equal(rows, vectors[[7, 4999, 7]].astype(np.float32))
+    assert [v is None for v in store.vectors(3, ["i7", "missing"], "float16")] == [False, True]
