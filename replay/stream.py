@@ -34,7 +34,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from agents.app import TOPIC_MODULES
 from agents.history import HistoryConfig, UserHistory
-from agents.labels import Feedback, LabelConfig, build_request_sample
+from agents.labels import Feedback, LabelConfig, build_request_sample, request_rng
 from models.features import UserFeatures
 from models.losses import combine
 from prerank.settings import Settings
@@ -277,7 +277,10 @@ class StreamingReplay:
         history = self.state.history(request.user_id)
         indices = self.state.generator.build(request.request_id, request.item_ids, history.authors,
                                              history.tags, request.ts_ms)
-        candidates = self.state.generator.item_ids(indices)
+        # Shuffled (seeded by request), so that an arm with tied scores cannot rank the exposed items
+        # first by their position (the generator lists them first).
+        order = request_rng(self.config.seed, request.request_id).permutation(len(indices))
+        candidates = self.state.generator.item_ids(indices[order])
         score_request = ScoreRequest(
             request_id=request.request_id, user_id=request.user_id, ts_ms=request.ts_ms,
             context=RequestContext(tab=min(request.tab, 1000), hour=user.hour, weekday=user.weekday),
