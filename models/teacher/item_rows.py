@@ -49,11 +49,12 @@ class Bag:
     """Variable-length row lists of ``n`` examples, as ``embedding_bag`` takes them.
 
     ``rows`` int64 ``(total,)``: every example's rows, concatenated in example order;
-    ``offsets`` int64 ``(n,)``: where each example starts in ``rows``.
+    ``offsets`` int64 ``(n,)``: where each example starts in ``rows``; ``lengths`` int64 ``(n,)``.
     """
 
     rows: np.ndarray
     offsets: np.ndarray
+    lengths: np.ndarray
 
     def pool(self, table: EmbeddingTable, mode: str = "mean") -> torch.Tensor:
         """``(n, dim)``: mean (or sum) of each example's rows of ``table``; an empty list pools to 0.
@@ -68,8 +69,7 @@ class Bag:
         )
         if mode == "sum":
             return summed
-        lengths = np.diff(self.offsets, append=self.rows.size).astype(np.float32)
-        return summed / torch.from_numpy(np.maximum(lengths, 1.0)).unsqueeze(1)
+        return summed / torch.from_numpy(np.maximum(self.lengths, 1).astype(np.float32)).unsqueeze(1)
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
 
 
 def _bag(rows: np.ndarray, lengths: np.ndarray) -> Bag:
-    return Bag(np.ascontiguousarray(rows, dtype=np.int64), _offsets(lengths))
+    return Bag(np.ascontiguousarray(rows, dtype=np.int64), _offsets(lengths), lengths)
 
 
 class _Column:
@@ -290,7 +290,7 @@ def _wide_bag(
     rows[offsets[has_author] + 1] = author_rows[has_author]
     rows[offsets[has_author] + 2] = author_cross
     rows[np.repeat(offsets + 1 + 2 * authored, tag_len) + within] = tag_cross
-    return Bag(rows, offsets)
+    return Bag(rows, offsets, lengths)
 
 
 def _history_overlap(
