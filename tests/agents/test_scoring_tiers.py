@@ -130,23 +130,3 @@ def test_published_vectors_read_back_in_order_with_their_ttl():
     assert found.tolist() == [True, False, True, True]
     np.testing.assert_array_equal(rows, vectors[[7, 4999, 7]].astype(np.float32))
     assert [v is None for v in store.vectors(3, ["i7", "missing"], "float16")] == [False, True]
-
-
-def test_top_k_records_encode_like_validated_ones_and_non_finite_scores_are_still_rejected():
-    import pytest
-    from pydantic import ValidationError
-
-    from streams import score_responses
-    from streams.score_responses import ScoredItem, ScoreResponse
-
-    candidates = ["a", "b", "c", "d"]
-    logits = np.array([0.5, -1.25, 3.0, 0.0], dtype=np.float32)
-    best = np.array([2, 0, 3])
-    built = Scorer._scored_items(candidates, logits, best)
-    validated = [ScoredItem(item_id=candidates[i], score=float(logits[i])) for i in best]
-    assert built == validated
-    encode = score_responses.CODEC.encode
-    assert encode(ScoreResponse(request_id="r", user_id="u", items=built)) == encode(
-        ScoreResponse(request_id="r", user_id="u", items=validated))
-    with pytest.raises(ValidationError):
-        Scorer._scored_items(candidates, np.array([np.nan, 0, 0, 0], dtype=np.float32), best[1:2])
