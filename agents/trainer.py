@@ -30,6 +30,7 @@ from agents.publishing import Publisher
 from agents.serving import redis_client
 from agents.store import ModelStore
 from models.export import export_bytes
+from models.ftrl import FTRLConfig
 from models.learner import StudentLearner
 from models.losses import StudentObjective
 from models.two_tower import TwoTowerConfig
@@ -52,7 +53,7 @@ def new_learner(settings: Settings) -> StudentLearner:
         embedding_dim=model.embedding_dim, hidden_sizes=(model.hidden_dim, model.hidden_dim),
         output_dim=model.output_dim, min_count=model.min_count, seed=model.seed,
     )
-    return StudentLearner(config, objective=StudentObjective(mode=model.mode))
+    return StudentLearner(config, objective=StudentObjective(mode=model.mode), ftrl=FTRLConfig(l1=model.ftrl_l1))
 
 
 def _zero_ratio(masks) -> float:

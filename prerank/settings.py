@@ -131,6 +131,7 @@ class ModelSettings(BaseModel):
     top_n: int = Field(default=10, ge=1)
     easy_negatives: int = Field(default=20, ge=0)
     min_count: int = Field(default=1, ge=1)
+    ftrl_l1: float = Field(default=0.5, ge=0.0)  # FTRL's l1 on embedding rows: higher, more all-zero rows
     seed: int = 0
 
 

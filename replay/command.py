@@ -16,7 +16,6 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from models.ftrl import FTRLConfig
 from prerank.processes import Worker
 from prerank.settings import Settings
 from replay.candidates import CandidateConfig
@@ -158,7 +157,7 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
         "export_bytes": meta.get("weights_bytes"),
         "export_bytes_unpruned": unpruned,
         "final_version": meta.get("version"),
-        "ftrl_l1": FTRLConfig().l1,  # what the trainer's learner uses
+        "ftrl_l1": ms.model.ftrl_l1,
     })
     return result, replay.baseline_summaries()
 
