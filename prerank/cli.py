@@ -85,9 +85,8 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
             l1_sweep=_floats(args.l1_sweep), l1_sweep_requests=args.l1_sweep_requests,
             warm_start=not args.cold_start,
         )
-    except ReplayInterrupted as stopped:
-        print(f"\n{stopped}; progress saved. Continue with: prerank replay --resume --report-dir {args.report_dir}")
-        return 130
+    except (ReplayInterrupted, KeyboardInterrupt) as stopped:
+        return _interrupted(stopped, args.report_dir)
     print(write_report(args.report_dir, report))
     return 0
 
@@ -112,9 +111,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
             max_requests=args.max_requests, n_candidates=args.candidates, progress=ProgressPrinter(),
             l1_sweep=_floats(DEMO_L1_SWEEP), l1_sweep_requests=args.l1_sweep_requests,
         )
-    except ReplayInterrupted as stopped:
-        print(f"\n{stopped}; progress saved. Continue with: prerank replay --resume --report-dir {args.report_dir}")
-        return 130
+    except (ReplayInterrupted, KeyboardInterrupt) as stopped:
+        return _interrupted(stopped, args.report_dir)
     print()
     print(write_report(args.report_dir, report))
     print(f"\nreport: {args.report_dir / 'report.json'}, {args.report_dir / 'report.md'}")
@@ -135,6 +133,14 @@ DEMO_L1_SWEEP = "0,0.5,2"
 
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def _interrupted(stopped: BaseException, report_dir: Path) -> int:
+    """Ctrl-C: the run's progress is on disk (the replay drained first, or the stop came between
+    its steps); say how to continue."""
+    what = str(stopped) if isinstance(stopped, ReplayError) else "interrupted"
+    print(f"\n{what}; progress saved. Continue with: prerank replay --resume --report-dir {report_dir}")
+    return 130
 
 
 class ProgressPrinter:
