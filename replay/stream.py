@@ -184,6 +184,7 @@ class StreamingReplay:
         self.baseline_hits = {name: HitRateLog("long_view", self.config.hit_k) for name in self.baselines}
         self._baseline_batch = []
         self.baseline_samples = 0
+        self._answered_before = 0
 
     def topic(self, key: str) -> str:
         return self.settings.topics.name(TOPIC_MODULES[key].TOPIC.name)
@@ -227,6 +228,7 @@ class StreamingReplay:
         outstanding: dict[str, Outstanding] = {}
         started = time.perf_counter()
         saved_at = len(self.completed)
+        self._answered_before = self.counts["answered"]
 
         def maybe_checkpoint() -> None:
             nonlocal saved_at
@@ -234,6 +236,7 @@ class StreamingReplay:
                 producer.flush()  # a completed request's impressions are on the broker before it is saved
                 checkpoint()
                 saved_at = len(self.completed)
+        self._answered_before = self.counts["answered"]
 
         try:
             try:
@@ -467,7 +470,8 @@ class StreamingReplay:
             "counts": dict(self.counts),
             "loaded": dict(loaded),
             "replay_s": elapsed_s,
-            "requests_per_s": self.counts["answered"] / elapsed_s if elapsed_s > 0 else 0.0,
+            # answered in this attempt only: a resumed run restores the earlier attempts' counts
+            "requests_per_s": (self.counts["answered"] - self._answered_before) / elapsed_s if elapsed_s > 0 else 0.0,
             "scorer_latency_ms_p50": float(np.nanpercentile(latencies, 50)),
             "scorer_latency_ms_p99": float(np.nanpercentile(latencies, 99)),
             "round_trip_ms_p50": float(np.nanpercentile(round_trips, 50)),
