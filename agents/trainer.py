@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,6 +103,16 @@ class TrainerState:
     counters: dict[str, int] = field(default_factory=lambda: {"records": 0, "samples": 0, "version": 0})
 
 
+@dataclass
+class LearnStep:
+    """One decoded micro-batch: its records, the offsets after it, and its learn step once submitted."""
+
+    records: list = field(default_factory=list)
+    produced_ms: list[int] = field(default_factory=list)  # producer timestamps, for freshness
+    offsets: dict[str, int] = field(default_factory=dict)  # partition -> next offset to read
+    future: Future | None = None
+
+
 class Trainer:
     """Consume, learn, checkpoint and publish; one instance per trainer worker."""
 
@@ -149,9 +159,13 @@ class Trainer:
         self._last_checkpoint = time.monotonic()
 
     def learn(self, records: list) -> dict[str, float]:
+        """One learn step, in the learn thread. The record and sample counters move with the model
+        (so a checkpoint of both can never disagree); the offsets move when the step is applied."""
         samples = [sample_from_record(record) for record in records]
         started = time.perf_counter()
         result = self.state.learner.learn_many(samples)
+        self.state.counters["records"] += len(records)
+        self.state.counters["samples"] += sum(s.n_items for s in samples)
         self.progressive.observe(samples, self.state.learner.last_pair_logits)  # scored before learning
         self.metrics.trainer_batch_seconds.observe(time.perf_counter() - started)
         if self.publisher is not None:
@@ -211,35 +225,58 @@ class Trainer:
             partitions = await self._assign(consumer)
             log.info("trainer reading %s partitions %s from %s", self.topic, partitions, self.state.offsets)
             worker = self.settings.worker
-            while not self._stopping:
-                batches = await consumer.getmany(
-                    timeout_ms=int(worker.train_batch_timeout_s * 1000), max_records=worker.train_batch_requests
-                )
-                records = []
-                for tp, messages in batches.items():
-                    for message in messages:
-                        record = await self._decode(message)
-                        if record is not None:
-                            records.append(record)
-                            self._unpublished_ts_ms.append(message.timestamp)
-                        self.state.offsets[str(tp.partition)] = message.offset + 1
-                if records:
-                    result = await loop.run_in_executor(self.executor, self.learn, records)
-                    n_samples = sum(len(r.items) for r in records)
-                    self.state.counters["records"] += len(records)
-                    self.state.counters["samples"] += n_samples
-                    self.metrics.trainer_samples_total.labels(mode=self.settings.model.mode).inc(n_samples)
-                    self.metrics.trainer_loss.labels(mode=self.settings.model.mode).set(result["loss"])
-                if batches:
-                    self._dirty = True
-                await self._maybe_publish_and_checkpoint(loop)
-                await self._maybe_record_lag(consumer)
+            in_flight: LearnStep | None = None
+            try:
+                while not self._stopping:
+                    batches = await consumer.getmany(
+                        timeout_ms=int(worker.train_batch_timeout_s * 1000), max_records=worker.train_batch_requests
+                    )
+                    # Decoding this micro-batch overlaps the previous one's learn step in the learn
+                    # thread: the broker path's cost hides behind the model's.
+                    step = await self._decode_batch(batches)
+                    if in_flight is not None:
+                        self._apply(in_flight, await asyncio.wrap_future(in_flight.future))
+                        in_flight = None
+                    # No step is in flight here, so the model and the offsets agree: the only point
+                    # where a checkpoint (or a version) may be taken.
+                    await self._maybe_publish_and_checkpoint(loop)
+                    if step.records:
+                        step.future = self.executor.submit(self.learn, step.records)
+                        in_flight = step
+                    elif batches:
+                        self._apply(step, None)  # only dead letters: their offsets move on
+                    await self._maybe_record_lag(consumer)
+            finally:
+                if in_flight is not None:  # on SIGTERM too: the step finishes and counts before the checkpoint
+                    self._apply(in_flight, in_flight.future.result())
         finally:
-            # Runs on SIGTERM too (Faust cancels the task): the queued learn step finishes first,
-            # then the final checkpoint is written; blocking here is fine at shutdown.
+            # Runs on SIGTERM too (Faust cancels the task); blocking here is fine at shutdown.
             if self._dirty:
                 self.executor.submit(self.checkpoint).result()
             await consumer.stop()
+
+    async def _decode_batch(self, batches) -> LearnStep:
+        step = LearnStep()
+        for tp, messages in batches.items():
+            for message in messages:
+                record = await self._decode(message)
+                if record is not None:
+                    step.records.append(record)
+                    step.produced_ms.append(message.timestamp)
+                step.offsets[str(tp.partition)] = message.offset + 1
+        return step
+
+    def _apply(self, step: LearnStep, result: dict[str, float] | None) -> None:
+        """Count a learned step and move the offsets past it (dead letters included)."""
+        self.state.offsets.update(step.offsets)
+        self._unpublished_ts_ms.extend(step.produced_ms)
+        self._dirty = True
+        if result is None:
+            return
+        n_samples = sum(len(r.items) for r in step.records)
+        mode = self.settings.model.mode
+        self.metrics.trainer_samples_total.labels(mode=mode).inc(n_samples)
+        self.metrics.trainer_loss.labels(mode=mode).set(result["loss"])
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[int]:
         partitions = await asyncio.get_running_loop().run_in_executor(None, self._partitions)
