@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prerank.exceptions import PrerankError
 from prerank.settings import Settings, load_settings
-from replay.exceptions import ReplayError
+from replay.exceptions import ReplayError, ReplayStalled
 
 BENCHES = ("train", "score", "quality", "sparsity", "freshness", "scoring-topic", "streaming-overhead", "reliability", "load")
 
@@ -85,7 +85,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
             l1_sweep=_floats(args.l1_sweep), l1_sweep_requests=args.l1_sweep_requests,
             warm_start=not args.cold_start,
         )
-    except (ReplayInterrupted, KeyboardInterrupt) as stopped:
+    except (ReplayInterrupted, ReplayStalled, KeyboardInterrupt) as stopped:
         return _interrupted(stopped, args.report_dir)
     print(write_report(args.report_dir, report))
     return 0
@@ -111,7 +111,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
             max_requests=args.max_requests, n_candidates=args.candidates, progress=ProgressPrinter(),
             l1_sweep=_floats(DEMO_L1_SWEEP), l1_sweep_requests=args.l1_sweep_requests,
         )
-    except (ReplayInterrupted, KeyboardInterrupt) as stopped:
+    except (ReplayInterrupted, ReplayStalled, KeyboardInterrupt) as stopped:
         return _interrupted(stopped, args.report_dir)
     print()
     print(write_report(args.report_dir, report))
@@ -136,11 +136,12 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _interrupted(stopped: BaseException, report_dir: Path) -> int:
-    """Ctrl-C: the run's progress is on disk (the replay drained first, or the stop came between
-    its steps); say how to continue."""
+    """Ctrl-C or a stalled funnel: the run's progress is on disk; say how to continue."""
+    stalled = isinstance(stopped, ReplayStalled)
     what = str(stopped) if isinstance(stopped, ReplayError) else "interrupted"
-    print(f"\n{what}; progress saved. Continue with: prerank replay --resume --report-dir {report_dir}")
-    return 130
+    print(f"\n{what}; progress saved. Continue with: prerank replay --resume --report-dir {report_dir}",
+          file=sys.stderr if stalled else sys.stdout)
+    return 1 if stalled else 130
 
 
 class ProgressPrinter:

@@ -16,6 +16,8 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+from kafka.errors import KafkaError
+
 from prerank.processes import Worker
 from prerank.settings import Settings
 from replay.candidates import CandidateConfig
@@ -25,6 +27,7 @@ from replay.offline import local_date_ms
 from replay.progress import RunProgress, find_resumable
 from replay.sparsity import request_samples, sweep
 from replay.warm_start import install_as_first_checkpoint, pretrain_student
+from streams.registry import delete_topics
 from replay.stream import ReplayState, StreamConfig, StreamingReplay, prefit_teacher, replay_requests
 
 log = logging.getLogger(__name__)
@@ -274,4 +277,8 @@ def run_replay(
     (report_dir / "run.json").write_text(json.dumps(summary, indent=2, default=float))
     run.complete = True
     run.save()
+    try:  # a finished run's topics are not needed again (an interrupted run keeps them to resume)
+        delete_topics(settings.kafka.kafka_python_config(), (f"replay-{run.run_id}-", f"prerank-replay-{run.run_id}-"))
+    except KafkaError as error:
+        log.warning("could not delete the topics of run %s: %s", run.run_id, error)
     return report

@@ -20,3 +20,8 @@ class ReplayInterrupted(ReplayError):
         super().__init__(f"interrupted after {completed} of {total} requests")
         self.completed = completed
         self.total = total
+
+
+class ReplayStalled(ReplayError):
+    """No answer from the scorer for too long: a worker or the broker is down. The replay's
+    progress was checkpointed, so ``--resume`` continues once the cause is fixed."""

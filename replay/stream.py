@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 
 from agents.app import TOPIC_MODULES
 from agents.history import HistoryConfig, UserHistory
@@ -42,7 +43,7 @@ from replay.candidates import CandidateConfig, CandidateGenerator
 from replay.dataset import Dataset
 from replay.evaluation import ConsistencyLog, FeedbackLog, HitRateLog
 from replay.events import Request
-from replay.exceptions import ReplayInterrupted
+from replay.exceptions import ReplayInterrupted, ReplayStalled
 from replay.grouping import DEFAULT_GAP_MS, group_requests
 from replay.metrics import auc, consistency_recall
 from replay.offline import sample_rate, user_in_sample
@@ -229,6 +230,7 @@ class StreamingReplay:
         started = time.perf_counter()
         saved_at = len(self.completed)
         self._answered_before = self.counts["answered"]
+        self._last_answer = time.monotonic()
 
         def maybe_checkpoint() -> None:
             nonlocal saved_at
@@ -236,7 +238,6 @@ class StreamingReplay:
                 producer.flush()  # a completed request's impressions are on the broker before it is saved
                 checkpoint()
                 saved_at = len(self.completed)
-        self._answered_before = self.counts["answered"]
 
         try:
             try:
@@ -244,6 +245,7 @@ class StreamingReplay:
                 for index, request in enumerate(requests):
                     while len(outstanding) >= config.inflight:
                         self._receive(consumer, producer, outstanding)
+                        self._check_stalled(outstanding)
                     if config.speed:  # pace event time at `speed` times real time
                         due = started + (request.ts_ms - first_ts) / 1000 / config.speed
                         while time.perf_counter() < due:
@@ -264,12 +266,17 @@ class StreamingReplay:
                 self.interrupted = True  # the unanswered ones are sent again on resume
             if not self.interrupted:
                 self.counts["timeouts"] += len(outstanding)
+        except KafkaError as error:
+            raise ReplayStalled(f"Kafka failed during the replay: {error}") from error
         finally:
-            producer.flush()
-            producer.close()
+            try:
+                producer.flush(timeout=config.response_timeout_s)
+            except KafkaError as error:  # the broker is gone: the unflushed requests are sent again on resume
+                log.warning("could not flush the replay's producer: %s", error)
+            producer.close(timeout=5)
             consumer.close()
-        if checkpoint is not None:
-            checkpoint()
+            if checkpoint is not None:
+                checkpoint()
         if self.interrupted:
             raise ReplayInterrupted(len(self.completed), total)
         elapsed = time.perf_counter() - started
@@ -306,6 +313,7 @@ class StreamingReplay:
 
     def _answered(self, pending: Outstanding, response, producer: KafkaProducer) -> None:
         request = pending.request
+        self._last_answer = time.monotonic()
         self.round_trips_ms.append((time.perf_counter() - pending.sent_at) * 1000)
         self.counts["answered"] += 1
         if response.error is not None:
@@ -331,6 +339,13 @@ class StreamingReplay:
             self.counts["impressions"] += 1
         self.state.after(request)
         self.completed.append(request.request_id)
+
+    def _check_stalled(self, outstanding: dict[str, Outstanding]) -> None:
+        waited = time.monotonic() - self._last_answer
+        if outstanding and waited > self.config.response_timeout_s:
+            raise ReplayStalled(
+                f"no answer on {self.topic('score_responses')} for {waited:.0f} s with {len(outstanding)} requests "
+                "in flight: is the scorer worker or the broker down? (worker logs are in the run folder)")
 
     def _evaluate(self, pending: Outstanding, response) -> None:
         request = pending.request

@@ -64,3 +64,21 @@ def create_topics(kafka_config: dict, topic_settings) -> dict[str, str]:
         return outcome
     finally:
         admin.close()
+
+
+def delete_topics(kafka_config: dict, prefixes: tuple[str, ...]) -> list[str]:
+    """Delete every topic whose name starts with one of ``prefixes`` (a finished replay's or test's
+    topics, Faust's changelogs included); returns the names. A long-lived broker otherwise keeps
+    thousands of partitions and, on 2 cores, stalls re-electing them."""
+    from kafka.admin import KafkaAdminClient
+
+    if not prefixes or any(not prefix for prefix in prefixes):
+        raise ValueError(f"refusing to delete topics by an empty prefix: {prefixes!r}")
+    admin = KafkaAdminClient(client_id="prerank-topics", **kafka_config)
+    try:
+        doomed = sorted(name for name in admin.list_topics() if name.startswith(prefixes))
+        if doomed:
+            admin.delete_topics(doomed)
+        return doomed
+    finally:
+        admin.close()

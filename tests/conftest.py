@@ -33,7 +33,7 @@ def base_settings() -> Settings:
 
 
 @pytest.fixture()
-def stack_settings(base_settings: Settings, tmp_path) -> Settings:
+def stack_settings(base_settings: Settings, tmp_path):
     """Settings for one integration test: the running stack, fresh topic names, own folders."""
     need_service("Kafka", base_settings.stack.host, base_settings.stack.kafka_port)
     need_service("Redis", base_settings.stack.host, base_settings.stack.redis_port)
@@ -49,7 +49,11 @@ def stack_settings(base_settings: Settings, tmp_path) -> Settings:
     from streams.registry import create_topics
 
     create_topics(settings.kafka.kafka_python_config(), settings.topics)
-    return settings
+    yield settings
+    from streams.registry import delete_topics
+
+    # Topics of a finished test go, so a long-lived local broker does not pile up partitions.
+    delete_topics(settings.kafka.kafka_python_config(), (f"t{run}.", f"prerank-t{run}"))
 
 
 def free_port() -> int:

@@ -36,6 +36,31 @@ def test_topics_have_declared_partitions_and_configs(stack_settings):
         assert configs[name]["cleanup.policy"] == ("compact" if spec.compacted else "delete"), name
 
 
+def test_a_finished_runs_topics_are_deleted_by_prefix_and_only_those(stack_settings):
+    import time
+
+    from streams.registry import delete_topics
+
+    kafka = stack_settings.kafka.kafka_python_config()
+    other = stack_settings.topics.model_copy(update={"prefix": stack_settings.topics.prefix + "keep."})
+    create_topics(kafka, other)
+    deleted = delete_topics(kafka, (stack_settings.topics.prefix + "score",))
+    assert set(deleted) == {stack_settings.topics.name("score-requests"), stack_settings.topics.name("score-responses")}
+    admin = KafkaAdminClient(**kafka)
+    try:
+        deadline = time.monotonic() + 30
+        while set(deleted) & set(admin.list_topics()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = set(admin.list_topics())
+    finally:
+        admin.close()
+    assert not set(deleted) & left
+    assert other.name("score-requests") in left and stack_settings.topics.name("impressions") in left
+    delete_topics(kafka, (other.prefix,))
+    with pytest.raises(ValueError, match="empty prefix"):
+        delete_topics(kafka, ("",))
+
+
 def test_records_pass_through_a_worker_once_in_order_and_bad_ones_become_dead_letters(stack_settings, tmp_path):
     users = [f"u{i}" for i in range(5)]
     requests = [

@@ -40,3 +40,18 @@ def test_exposed_items_are_not_first_in_the_candidates_and_the_order_is_reproduc
     assert exposed_first < len(requests) / 4  # a tie-breaking arm gains nothing from the position
     sent = score_requests.CODEC.decode(producer.sent[0][2])
     assert sent.candidates == orders[0][0] and set(requests[0].item_ids) <= set(sent.candidates)
+
+
+def test_a_funnel_that_stops_answering_raises_instead_of_hanging(dataset):
+    import time
+
+    from replay.exceptions import ReplayStalled
+
+    replay = StreamingReplay(Settings(), ReplayState(dataset, StreamConfig(train_until_ms=0, eval_from_ms=0,
+                                                                           response_timeout_s=5.0)), teacher=None)
+    replay._last_answer = time.monotonic() - 6.0
+    replay._check_stalled({})  # nothing in flight: nothing to wait for
+    with pytest.raises(ReplayStalled, match=r"score-responses for 6 s with 1 requests in flight"):
+        replay._check_stalled({"r1": object()})
+    replay._last_answer = time.monotonic()
+    replay._check_stalled({"r1": object()})  # a recent answer: still fine
