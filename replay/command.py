@@ -111,22 +111,21 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
     state = ReplayState(dataset, config)
     for request in prefit:  # the same warm state the teacher was fitted with, without refitting
         state.after(request)
-    checkpoint_dir = work / mode
+    mode_dir = work / mode  # its replay checkpoint and worker logs (the workers' own state: ms.worker)
     replay = StreamingReplay(ms, state, teacher, progress=lambda p: progress({"mode": mode, **p}),
                              baselines=baselines)
-    if (checkpoint_dir / "eval.json").exists():
+    if (mode_dir / "eval.json").exists():
         by_id = {r.request_id: r for r in streamed}
-        completed = replay.restore(checkpoint_dir)
+        completed = replay.restore(mode_dir)
         for request_id in completed:  # histories and popularity as they were when it stopped
             state.after(by_id[request_id])
         progress({"mode": mode, "resumed_after_requests": len(completed), "of": len(streamed)})
     if student is not None:  # the trainer starts from it (unless a resumed run has its own checkpoint)
         install_as_first_checkpoint(student, mode, ms.worker.checkpoint_dir)
-    logs = work / mode
     workers = [
-        Worker(ms, "history,joiner,scorer", logs / "serving.log", index=0),
-        Worker(ms, "ranker", logs / "ranker.log", index=1),
-        Worker(ms, "trainer,publisher", logs / "trainer.log", index=2),
+        Worker(ms, "history,joiner,scorer", mode_dir / "serving.log", index=0),
+        Worker(ms, "ranker", mode_dir / "ranker.log", index=1),
+        Worker(ms, "trainer,publisher", mode_dir / "trainer.log", index=2),
     ]
     store = ModelStore(redis_client(ms), ms.redis.key_prefix)
     try:
@@ -135,7 +134,7 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
         if on_started is not None:
             on_started(ms)
         try:
-            result = replay.run(streamed, checkpoint=lambda: replay.save(checkpoint_dir))
+            result = replay.run(streamed, checkpoint=lambda: replay.save(mode_dir))
         except ReplayInterrupted:
             # What is in flight reaches the trainer's checkpoint before the workers stop (the
             # joiner holds open joins in memory); a second Ctrl-C skips the wait.

@@ -49,13 +49,12 @@ def request_samples(dataset, requests) -> list:
     return samples
 
 
-def run_one(samples, l1: float, batch: int = 64, warmup_share: float = 0.5) -> dict:
-    """One fresh student at ``l1``; AUC counts the exposures after the first ``warmup_share``."""
-    learner = StudentLearner(TwoTowerConfig(min_count=1), objective=StudentObjective(mode="impressions"),
-                             ftrl=FTRLConfig(l1=l1))
+def learn_progressively(learner: StudentLearner, samples, batch: int = 64,
+                        warmup_share: float = 0.5) -> tuple[list[int], list[float]]:
+    """Learn ``samples`` in order in micro-batches of ``batch``; return the long-view labels and the
+    pre-update logits (scored before learned) of the exposures after the first ``warmup_share``."""
     labels, scores = [], []
     start_eval = int(len(samples) * warmup_share)
-    started = time.perf_counter()
     for offset in range(0, len(samples), batch):
         chunk = samples[offset:offset + batch]
         learner.learn_many(chunk)
@@ -67,6 +66,15 @@ def run_one(samples, l1: float, batch: int = 64, warmup_share: float = 0.5) -> d
                         labels.append(sample.long_view[i])
                         scores.append(float(learner.last_pair_logits[position + i]))
                 position += sample.n_items
+    return labels, scores
+
+
+def run_one(samples, l1: float, batch: int = 64, warmup_share: float = 0.5) -> dict:
+    """One fresh student at ``l1``; AUC counts the exposures after the first ``warmup_share``."""
+    learner = StudentLearner(TwoTowerConfig(min_count=1), objective=StudentObjective(mode="impressions"),
+                             ftrl=FTRLConfig(l1=l1))
+    started = time.perf_counter()
+    labels, scores = learn_progressively(learner, samples, batch, warmup_share)
     report = size_report(learner)
     return {"l1": l1, "auc_long_view": auc(labels, scores), "eval_exposures": len(labels),
             "zero_row_ratio": report["zero_row_ratio"], "export_bytes": report["bytes_after"],

@@ -20,7 +20,7 @@ from models.learner import StudentLearner
 from models.losses import StudentObjective
 from prerank.settings import Settings
 from replay.metrics import auc
-from replay.sparsity import request_samples
+from replay.sparsity import learn_progressively, request_samples
 
 
 def pretrain_student(settings: Settings, dataset, requests, batch: int = 64) -> tuple[StudentLearner, dict]:
@@ -29,21 +29,10 @@ def pretrain_student(settings: Settings, dataset, requests, batch: int = 64) -> 
     started = time.perf_counter()
     learner = new_learner(settings.model_copy(update={"model": settings.model.model_copy(update={"mode": "impressions"})}))
     samples = request_samples(dataset, requests)
-    labels, scores = [], []
-    for offset in range(0, len(samples), batch):
-        chunk = samples[offset:offset + batch]
-        learner.learn_many(chunk)
-        if offset >= len(samples) // 2:
-            position = 0
-            for sample in chunk:
-                for i in range(sample.n_items):
-                    labels.append(sample.long_view[i])
-                    scores.append(float(learner.last_pair_logits[position + i]))
-                position += sample.n_items
-    known = [(y, s) for y, s in zip(labels, scores) if y >= 0]
+    labels, scores = learn_progressively(learner, samples, batch)
     return learner, {
         "warm_start_requests": len(samples), "warm_start_s": time.perf_counter() - started,
-        "warm_start_auc_long_view": auc([y for y, _ in known], [s for _, s in known]) if known else float("nan"),
+        "warm_start_auc_long_view": auc(labels, scores),
     }
 
 
