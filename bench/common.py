@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from prerank.exceptions import PrerankError
+from prerank.ports import free_port
 from prerank.processes import Worker, settings_env  # noqa: F401 - settings_env re-exported
 from prerank.settings import Settings
 from prerank.stack import port_open
@@ -45,12 +45,6 @@ def require_stack(settings: Settings) -> None:
     for name, port in (("Kafka", stack.kafka_port), ("Redis", stack.redis_port)):
         if not port_open(stack.host, port):
             raise BenchError(f"{name} is not reachable on {stack.host}:{port}; start the stack with `prerank stack up`")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def with_changes(settings: Settings, **sections: dict[str, Any]) -> Settings:

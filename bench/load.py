@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import tempfile
 import threading
@@ -28,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from prerank.ports import free_port
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,6 @@ class LoadConfig:
     seed: int = 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def isolated_settings(base, folder: Path):
     """``base`` with a fresh topic prefix, app id, Redis key prefix, folders and ports."""
     run = uuid.uuid4().hex[:8]
@@ -57,7 +52,7 @@ def isolated_settings(base, folder: Path):
     data["topics"] = {**data["topics"], "prefix": f"load{run}.", "partitions": 2}
     data["redis"] = {**data["redis"], "key_prefix": f"load{run}"}
     data["worker"] = {**data["worker"], "app_id": f"prerank-load{run}", "data_dir": folder / "faust",
-                      "checkpoint_dir": folder / "checkpoints", "web_port": _free_port(), "metrics_port": _free_port()}
+                      "checkpoint_dir": folder / "checkpoints", "web_port": free_port(), "metrics_port": free_port()}
     return type(base)(**data)
 
 

@@ -7,11 +7,11 @@ into a failure, so a broken stack can never pass as a green run.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 
 import pytest
 
+from prerank.ports import free_port  # noqa: F401  (re-exported for tests)
 from prerank.settings import Settings, load_settings
 from prerank.stack import port_open
 
@@ -56,7 +56,3 @@ def stack_settings(base_settings: Settings, tmp_path):
     delete_topics(settings.kafka.kafka_python_config(), (f"t{run}.", f"prerank-t{run}"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

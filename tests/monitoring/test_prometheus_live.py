@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import socket
 import subprocess
 import threading
 import time
@@ -28,18 +27,13 @@ from monitoring.metrics import AGENTS, RECALL_AT_K, PrerankMetrics
 from monitoring.promql import dashboard_queries, render_grafana_macros
 from monitoring.rules import RULES_DIR, load_alert_rules
 from monitoring.server import serve_metrics
+from prerank.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.prometheus]
 
 PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "monitoring" / "prometheus"
 RATE_WINDOW = "20s"
 DEADLINE_S = 45.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def simulate(metrics: PrerankMetrics, rng: random.Random, tick: int) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import time
 import urllib.request
 import zlib
@@ -21,9 +20,10 @@ from kafka import KafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
 from prerank import processes
+from prerank.ports import free_port
+from prerank.processes import REPO
 from prerank.settings import Settings
 from prerank.stack import Kafka, Redis
-from prerank.processes import REPO
 
 def derive(settings: Settings, **sections: dict) -> Settings:
     """A copy of ``settings`` with some fields of some sections replaced.
@@ -51,12 +51,6 @@ class Worker(processes.Worker):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise RuntimeError(f"no VmRSS for pid {self.pid}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- private services ---------------------------------------------------------------------
