@@ -212,7 +212,7 @@ class Scorer:
 
     def score(self, request: ScoreRequest, user: UserFeatures) -> ScoreResponse:
         started = time.perf_counter()
-        self.refresh()
+        self.refresh(force=self.model is None)  # a first version is picked up on the next request
         problem = self.validate(request)
         if problem is None and self.model is None:
             problem = "no model version published yet"

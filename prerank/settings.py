@@ -161,8 +161,8 @@ class WorkerSettings(BaseModel):
     local_cache_items: int = Field(default=50_000, ge=0)
     torch_threads: int = Field(default=1, ge=1)  # per worker process: workers share the cores
     teacher_path: Path | None = None  # the simulated fine ranker's model (written by `prerank replay`)
-    rank_k: int = Field(default=100, ge=1)
-    audit_every: int = Field(default=20, ge=0)  # 1 in N responses carries every candidate (0: never)  # how many of the pre-ranker's top items the fine ranker scores
+    rank_k: int = Field(default=100, ge=1)  # how many of the pre-ranker's top items the fine ranker scores
+    audit_every: int = Field(default=20, ge=0)  # 1 in N responses carries every candidate (0: never)
 
 
 class Settings(BaseSettings):

@@ -62,8 +62,7 @@ def mode_settings(settings: Settings, mode: str, run_id: str, work: Path,
     data["model"] = {**data["model"], "mode": mode}
     data["worker"] = {**data["worker"], "app_id": f"prerank-replay-{run_id}-{mode}",
                       "data_dir": work / mode / "faust", "checkpoint_dir": work / mode / "checkpoints",
-                      "teacher_path": work / "teacher.safetensors", "publish_interval_s": 2.0,
-                      "join_window_s": join_window_s}
+                      "teacher_path": work / "teacher.safetensors", "join_window_s": join_window_s}
     return Settings(**data)
 
 

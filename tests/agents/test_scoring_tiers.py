@@ -130,3 +130,15 @@ def test_published_vectors_read_back_in_order_with_their_ttl():
     assert found.tolist() == [True, False, True, True]
     np.testing.assert_array_equal(rows, vectors[[7, 4999, 7]].astype(np.float32))
     assert [v is None for v in store.vectors(3, ["i7", "missing"], "float16")] == [False, True]
+
+
+def test_a_scorer_without_a_model_picks_up_the_first_version_on_the_next_request():
+    """No refresh pause while nothing is served: a request right after the first publish is answered."""
+    student = TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1))
+    store = ModelStore(FakeRedis(), "p")
+    scorer = Scorer(store, lambda _: student, refresh_interval_s=60.0, audit_every=0, clock=lambda: 0.0)
+    request = ScoreRequest(request_id="r", user_id="u", ts_ms=0, candidates=["i0", "i1", "i2"], k=2)
+    assert scorer.score(request, UserFeatures("u")).error == "no model version published yet"
+    store.client.data.update({"p:current": b"1", "p:v1:weights": b"w", "p:v1:meta": b"{}"})
+    response = scorer.score(request, UserFeatures("u"))  # the clock has not moved
+    assert response.error is None and response.model_version == 1 and len(response.items) == 2

@@ -18,6 +18,9 @@ REQUIRED = ("auc_click", "auc_long_view", "gauc_long_view", "consistency_recall_
 
 
 def test_short_replay_through_the_agents_writes_a_report(stack_settings, tmp_path):
+    # 80 requests last a few seconds: publish often enough that the scorer must switch versions.
+    worker = stack_settings.worker.model_copy(update={"publish_interval_s": 0.5})
+    stack_settings = stack_settings.model_copy(update={"worker": worker})
     with pytest.warns(UserWarning, match="(?i)synthetic"):
         report = run_replay(stack_settings, None, ["cascade"], None, tmp_path, baselines=True,
                             max_requests=80, n_candidates=200, progress=lambda _: None,
