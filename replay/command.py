@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import uuid
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,8 +67,10 @@ def mode_settings(settings: Settings, mode: str, run_id: str, work: Path,
     return Settings(**data)
 
 
-def wait_until_learned(store, expected_records_hint: int, timeout_s: float, quiet_s: float = 6.0) -> dict:
-    """Wait for the trainer to publish a version after the last training record (counter quiet)."""
+def wait_until_learned(store, expected_records: int, timeout_s: float, quiet_s: float = 10.0) -> dict:
+    """Wait for a version that holds ``expected_records`` training records (one per answered
+    request), or, when some never come (dropped by the joiner as late or orphan), for the count to
+    stay still for ``quiet_s``; returns that version's metadata."""
     last, last_change = None, time.monotonic()
     deadline = time.monotonic() + timeout_s
     meta = {}
@@ -75,13 +78,31 @@ def wait_until_learned(store, expected_records_hint: int, timeout_s: float, quie
         current = store.current_version()
         meta = (store.meta(current) if current else None) or meta
         learned = meta.get("records_learned")
+        if learned is not None and learned >= expected_records:
+            break
         if learned != last:
             last, last_change = learned, time.monotonic()
         elif time.monotonic() - last_change >= quiet_s and (learned or 0) > 0:
             break
         time.sleep(0.5)
-    meta["expected_records_hint"] = expected_records_hint
+    meta["expected_records"] = expected_records
     return meta
+
+
+def joiner_counts(settings: Settings) -> dict[str, int]:
+    """The serving worker's (index 0) join counters: records emitted and events dropped, so a
+    report can account for every request (answered = learned + dropped)."""
+    from monitoring.scrape import metric_sum, scrape
+
+    try:
+        samples = scrape(settings.worker.metrics_port, settings.worker.metrics_host)
+    except OSError as exc:
+        warnings.warn(f"joiner counters unavailable (worker metrics at port {settings.worker.metrics_port}): {exc}")
+        return {}
+    counts = {"joiner_records": int(metric_sum(samples, "prerank_joiner_records_total"))}
+    for event in ("late", "orphan", "duplicate"):
+        counts[f"joiner_{event}"] = int(metric_sum(samples, "prerank_joiner_events_total", event=event))
+    return counts
 
 
 def wait_for_workers(store, workers: list[Worker], timeout_s: float = 90.0) -> None:
@@ -143,6 +164,7 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
                 pass
             raise
         meta = wait_until_learned(store, result["counts"]["answered"], timeout_s=180)
+        result["counts"].update(joiner_counts(ms))
         if on_finished is not None:
             on_finished(ms)
     finally:

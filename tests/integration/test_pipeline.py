@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from monitoring.scrape import metric_sum, scrape
 from streams import impressions as impressions_topic
 from streams import rank_scores as rank_scores_topic
 from streams import training_samples
@@ -237,7 +238,7 @@ def test_two_scorer_workers_share_partitions_and_answer_every_request(stack_sett
                              candidates=["a", "b"], k=1) for i in range(n)]
 
     def served() -> list[float]:
-        return [scraped(stack_settings.worker.metrics_port + i, "prerank_scorer_requests_total") for i in (0, 1)]
+        return [metric_sum(scrape(stack_settings.worker.metrics_port + i), "prerank_scorer_requests_total") for i in (0, 1)]
 
     first = Worker(stack_settings, "scorer", tmp_path / "scorer-0.log", index=0)
     second = Worker(stack_settings, "scorer", tmp_path / "scorer-1.log", index=1)
@@ -271,17 +272,6 @@ def test_two_scorer_workers_share_partitions_and_answer_every_request(stack_sett
     delta = [b - a for a, b in zip(before, after)]
     assert all(d > 0 for d in delta), delta  # both workers own partitions and answer
     assert sum(delta) >= len(requests)
-
-
-def scraped(port: int, metric: str) -> float:
-    """A metric's value (summed over labels) from a worker's /metrics endpoint."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(sample.value for family in text_string_to_metric_families(body)
-               for sample in family.samples if sample.name == metric)
 
 
 def test_scorer_survives_redis_outage_from_its_local_tier_and_returns_to_the_cache(stack_settings, tmp_path):

@@ -11,13 +11,11 @@ from __future__ import annotations
 import http.client
 import json
 import time
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from kafka import KafkaConsumer
-from prometheus_client.parser import text_string_to_metric_families
 
 from prerank import processes
 from prerank.ports import free_port
@@ -77,21 +75,6 @@ def private_kafka(settings: Settings, home: Path, service: type[Kafka] = Kafka, 
 
 
 # --- observation --------------------------------------------------------------------------
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    """Every sample of a worker's ``/metrics``: ``{(name, sorted label items): value}``."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body) for sample in family.samples
-    }
-
-
-def metric_sum(samples: dict, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(value for (sample, items), value in samples.items() if sample == name and wanted <= set(items))
-
-
 def post(port: int, body: bytes, *, chunked: bool = False, timeout_s: float = 30.0) -> tuple[int, dict]:
     """POST ``body`` to a worker's ``/score``; returns (status, decoded JSON body)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)

@@ -18,8 +18,9 @@ from streams import dead_letters, score_responses
 from streams.base import SCHEMA_VERSION
 from streams.exceptions import RecordError
 from agents.app import TOPIC_MODULES
+from monitoring.scrape import metric_sum, scrape
 from tests.reliability.harness import (
-    Sender, TopicReader, Worker, create_topics, fresh_settings, metric_sum, post, publish_model, scrape, wait_for,
+    Sender, TopicReader, Worker, create_topics, fresh_settings, post, publish_model, wait_for,
 )
 from tests.reliability.hostile import (
     CONSUMERS, INPUT_TOPICS, NOW_MS, any_hostile_record, draw_examples, http_bodies, tricky_requests,
