@@ -12,17 +12,18 @@ locally, and says so in the response (``degraded``).
 from __future__ import annotations
 
 import logging
+import random
 import time
 import zlib
-from itertools import repeat
 from collections.abc import Callable, Sequence
+from itertools import repeat
 
 import numpy as np
 from redis.exceptions import RedisError
 
 from models.features import ItemFeatures, UserFeatures
 from streams.score_requests import ScoreRequest
-from streams.score_responses import ScoredItem, ScoreResponse
+from streams.score_responses import ScoreResponse
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,10 @@ class Scorer:
             negatives=self._easy_negatives(request, best),
             audit_candidates=list(candidates) if self._audited(request) else [],
             request_id=request.request_id, user_id=request.user_id,
-            items=[ScoredItem(item_id=candidates[i], score=float(logits[i])) for i in best],
+            # plain dicts, validated into ScoredItem by pydantic's core in one pass: about half
+            # the time of constructing 100 models one by one
+            items=[{"item_id": candidates[i], "score": score}
+                   for i, score in zip(best.tolist(), logits[best].tolist())],
             model_version=self.version, latency_ms=(time.perf_counter() - started) * 1000,
             cache_tiers=tiers, unknown_items=unknown, degraded=[] if self.redis_ok else [REDIS_DOWN],
         )
@@ -252,10 +256,11 @@ class Scorer:
             return []
         outside = np.ones(len(request.candidates), dtype=bool)
         outside[best] = False
-        rest = np.flatnonzero(outside)
-        rng = np.random.default_rng(zlib.crc32(request.request_id.encode()))
-        picks = rng.choice(rest, min(self.easy_negatives, len(rest)), replace=False)
-        return [request.candidates[i] for i in np.sort(picks)]
+        rest = np.flatnonzero(outside).tolist()
+        # random.Random: a generator per request costs ~2 us here against ~60 us for numpy's.
+        rng = random.Random(zlib.crc32(request.request_id.encode()))
+        picks = rng.sample(rest, min(self.easy_negatives, len(rest)))
+        return [request.candidates[i] for i in sorted(picks)]
 
     def _item_vectors(self, item_ids: Sequence[str]) -> tuple[np.ndarray, dict[str, int], int]:
         slots = self.lru.slots(item_ids)

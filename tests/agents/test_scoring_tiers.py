@@ -142,3 +142,22 @@ def test_a_scorer_without_a_model_picks_up_the_first_version_on_the_next_request
     store.client.data.update({"p:current": b"1", "p:v1:weights": b"w", "p:v1:meta": b"{}"})
     response = scorer.score(request, UserFeatures("u"))  # the clock has not moved
     assert response.error is None and response.model_version == 1 and len(response.items) == 2
+
+
+def test_a_response_ranks_the_top_k_and_samples_easy_negatives_outside_it():
+    student = TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1, seed=3))
+    items = [ItemFeatures(f"i{k}", author_id=f"a{k % 7}", tags=(f"t{k % 5}",)) for k in range(60)]
+    scorer = Scorer(ModelStore(FakeRedis(), "p"), lambda _: student, easy_negatives=8, audit_every=0)
+    scorer.model, scorer.version, scorer.catalog = student, 1, {i.item_id: i for i in items}
+    request = ScoreRequest(request_id="r7", user_id="u", ts_ms=0, candidates=[i.item_id for i in items], k=5)
+    user = UserFeatures("u", history_items=("i3",))
+    response = scorer.score(request, user)
+    logits = student.logits_from_vectors(student.user_vector(user), student.item_vectors(items))
+    order = np.argsort(-logits, kind="stable")
+    assert [r.item_id for r in response.items] == [items[i].item_id for i in order[:5]]
+    np.testing.assert_allclose([r.score for r in response.items], logits[order[:5]], rtol=1e-6)
+    top = {r.item_id for r in response.items}
+    assert len(response.negatives) == len(set(response.negatives)) == 8 and not top & set(response.negatives)
+    position = {item_id: k for k, item_id in enumerate(request.candidates)}
+    assert [position[n] for n in response.negatives] == sorted(position[n] for n in response.negatives)
+    assert scorer.score(request, user).negatives == response.negatives  # seeded by the request id
