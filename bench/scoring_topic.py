@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -105,7 +106,9 @@ async def through_topic(settings: Settings, requests, n_warm: int, config: Scori
     await producer.start()
     payloads = [(r.request_id, r.user_id.encode(), score_requests.CODEC.encode(r)) for r in requests]
     sent_at: dict[str, float] = {}
+    sent_wall_ms: dict[str, float] = {}
     received: dict[str, tuple[float, object]] = {}
+    legs: dict[str, tuple[float, float]] = {}  # request id -> (send -> response produced, -> fetched), ms
     try:
         count = score_responses.TOPIC.partitions or settings.topics.partitions  # as create_topics made it
         partitions = [TopicPartition(names["responses"], p) for p in range(count)]
@@ -115,12 +118,15 @@ async def through_topic(settings: Settings, requests, n_warm: int, config: Scori
         async def receive(stop: asyncio.Event) -> None:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=50)
-                arrived = time.perf_counter()
+                arrived, arrived_wall_ms = time.perf_counter(), time.time() * 1000
                 for messages in batches.values():
                     for message in messages:
                         response = score_responses.CODEC.decode(message.value)
                         if response.request_id in sent_at and response.request_id not in received:
                             received[response.request_id] = (arrived, response)
+                            # the response's CreateTime splits the round trip into its two legs
+                            legs[response.request_id] = (message.timestamp - sent_wall_ms[response.request_id],
+                                                         arrived_wall_ms - message.timestamp)
 
         async def send(batch, rate: float) -> float:
             started = time.perf_counter()
@@ -129,6 +135,7 @@ async def through_topic(settings: Settings, requests, n_warm: int, config: Scori
                 if delay > 0:
                     await asyncio.sleep(delay)
                 sent_at[request_id] = time.perf_counter()
+                sent_wall_ms[request_id] = time.time() * 1000
                 await producer.send(names["requests"], value=value, key=key)
             return time.perf_counter() - started
 
@@ -157,7 +164,7 @@ async def through_topic(settings: Settings, requests, n_warm: int, config: Scori
         await producer.stop()
         await consumer.stop()
     timed_ids = [t[0] for t in payloads[n_warm:]]
-    return {"sent_at": sent_at, "received": received, "timed_ids": timed_ids, "send_s": send_s}
+    return {"sent_at": sent_at, "received": received, "timed_ids": timed_ids, "send_s": send_s, "legs": legs}
 
 
 def topic_result(outcome: dict, config: ScoringConfig) -> dict:
@@ -174,6 +181,12 @@ def topic_result(outcome: dict, config: ScoringConfig) -> dict:
         "errors": len(got) - len(ok),
         **{key: value for key, value in round_trip.items() if key != "n"},
         "scorer_in_worker_ms": summarize([r.latency_ms / 1000 for _, r in ok], scale=1000.0, unit="ms"),
+        # wall clock at millisecond resolution: request sent -> response produced by the worker
+        # (Kafka in, decode, score, encode), and response produced -> fetched here (Kafka out)
+        "leg_to_response_produced_ms": summarize(
+            [outcome["legs"][i][0] / 1000 for i in timed if i in outcome["legs"]], scale=1000.0, unit="ms"),
+        "leg_response_to_client_ms": summarize(
+            [outcome["legs"][i][1] / 1000 for i in timed if i in outcome["legs"]], scale=1000.0, unit="ms"),
         "cache_tiers": tiers,
         "versions_served": sorted({r.model_version for _, r in ok}),
     }
@@ -246,6 +259,10 @@ def measure(settings: Settings, config: ScoringConfig, folder: Path, worker_thre
     generator, catalog, meta = publish_model(settings, config, store)
     n_timed = max(1, int(config.rate_rps * config.duration_s))
     requests = build_requests(config, catalog, config.warmup_requests, n_timed, settings.redis.key_prefix)
+    # The load generator holds ~3M candidate strings for the whole run. Unfrozen, each full
+    # collection scans them (~0.2 s here), the sender stalls and then fires its backlog as one
+    # burst, and the scorer's queue behind that burst is the client's pause, not the system's.
+    gc.freeze()
     extra_env = {"OMP_NUM_THREADS": str(worker_threads)} if worker_threads else None
     with running_workers(settings, folder, ("scorer", 0), extra_env=extra_env) as (worker,):
         outcome = asyncio.run(through_topic(settings, requests, config.warmup_requests, config, worker))
