@@ -257,7 +257,7 @@ class Scorer:
         outside = np.ones(len(request.candidates), dtype=bool)
         outside[best] = False
         rest = np.flatnonzero(outside).tolist()
-        # random.Random: a generator per request costs ~2 us here against ~60 us for numpy's.
+        # random.Random: seeding and sampling 20 of 900 take ~20 us against ~33 us with numpy's.
         rng = random.Random(zlib.crc32(request.request_id.encode()))
         picks = rng.sample(rest, min(self.easy_negatives, len(rest)))
         return [request.candidates[i] for i in sorted(picks)]
