@@ -13,7 +13,6 @@ import json
 import logging
 import time
 import uuid
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,25 +66,34 @@ def mode_settings(settings: Settings, mode: str, run_id: str, work: Path,
     return Settings(**data)
 
 
-def wait_until_learned(store, expected_records: int, timeout_s: float, quiet_s: float = 10.0) -> dict:
-    """Wait for a version that holds ``expected_records`` training records (one per answered
-    request), or, when some never come (dropped by the joiner as late or orphan), for the count to
-    stay still for ``quiet_s``; returns that version's metadata."""
+def wait_until_learned(store, answered: int, timeout_s: float, joiner=None, quiet_s: float = 30.0) -> dict:
+    """Wait for a published version that holds one training record per answered request; returns
+    that version's metadata.
+
+    ``joiner()`` (the serving worker's :func:`joiner_counts`) ends the wait early when the joiner
+    has accounted for every answered request and the trainer learned every record it emitted (the
+    rest were dropped as orphans). Without progress of either count for ``quiet_s``, it gives up.
+    """
     last, last_change = None, time.monotonic()
     deadline = time.monotonic() + timeout_s
     meta = {}
     while time.monotonic() < deadline:
         current = store.current_version()
         meta = (store.meta(current) if current else None) or meta
-        learned = meta.get("records_learned")
-        if learned is not None and learned >= expected_records:
+        learned = meta.get("records_learned") or 0
+        if learned >= answered:
             break
-        if learned != last:
-            last, last_change = learned, time.monotonic()
-        elif time.monotonic() - last_change >= quiet_s and (learned or 0) > 0:
+        counts = joiner() if joiner is not None else {}
+        emitted = counts.get("joiner_records")
+        if emitted is not None and emitted + counts.get("joiner_orphan", 0) >= answered and learned >= emitted:
+            break
+        if (learned, emitted) != last:
+            last, last_change = (learned, emitted), time.monotonic()
+        elif time.monotonic() - last_change >= quiet_s and learned > 0:
+            log.warning("stopped waiting: %d of %d records learned, joiner %s", learned, answered, counts)
             break
         time.sleep(0.5)
-    meta["expected_records"] = expected_records
+    meta["expected_records"] = answered
     return meta
 
 
@@ -97,7 +105,7 @@ def joiner_counts(settings: Settings) -> dict[str, int]:
     try:
         samples = scrape(settings.worker.metrics_port, settings.worker.metrics_host)
     except OSError as exc:
-        warnings.warn(f"joiner counters unavailable (worker metrics at port {settings.worker.metrics_port}): {exc}")
+        log.warning("joiner counters unavailable (worker metrics at port %d): %s", settings.worker.metrics_port, exc)
         return {}
     counts = {"joiner_records": int(metric_sum(samples, "prerank_joiner_records_total"))}
     for event in ("late", "orphan", "duplicate"):
@@ -163,7 +171,8 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
             except KeyboardInterrupt:
                 pass
             raise
-        meta = wait_until_learned(store, result["counts"]["answered"], timeout_s=180)
+        meta = wait_until_learned(store, result["counts"]["answered"], timeout_s=180,
+                                  joiner=lambda: joiner_counts(ms))
         result["counts"].update(joiner_counts(ms))
         if on_finished is not None:
             on_finished(ms)
