@@ -366,12 +366,27 @@ class LabelJoin:
             self.closed.pop(self._closed_order.popleft(), None)
         return ready
 
-    def flush(self) -> list[PendingRequest]:
-        """Close every pending window now (end of a replay or shutdown)."""
+    def flush(self, keep_unranked: bool = False) -> list[PendingRequest]:
+        """Close every pending window now (end of a replay or shutdown).
+
+        With ``keep_unranked``, requests still waiting for their rank-scores stay open: the fine
+        ranker may lag behind the impressions, and closing them now would orphan them.
+
+        >>> join = LabelJoin(JoinConfig(window_ms=100))
+        >>> join.add_impression("shown-only", "u", Feedback("a", ts_ms=10))
+        []
+        >>> join.add_rank_scores("ranked", "u", 5, [Ranked("a", 0, {"click": 1.0})])
+        []
+        >>> [p.request_id for p in join.flush(keep_unranked=True)], list(join.pending)
+        (['ranked'], ['shown-only'])
+        """
         ready: list[PendingRequest] = []
         for request_id in sorted(self.pending, key=lambda r: int(self.pending[r]["ts_ms"])):
+            if keep_unranked and self.pending[request_id]["ranked"] is None:
+                continue
             self._close(PendingRequest.from_dict(self.pending[request_id]), ready)
-        self._deadlines.clear()
+        if not self.pending:
+            self._deadlines.clear()  # otherwise stale entries are skipped when the watermark moves
         return ready
 
     def _close(self, part: PendingRequest, ready: list[PendingRequest]) -> None:

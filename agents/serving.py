@@ -38,6 +38,7 @@ MAX_HTTP_BODY = 1024 * 1024
 # The join's own counters, by the metric event they are reported as (far-future events count as late).
 JOIN_COUNTERS = {"late": ("late_", "future_"), "duplicate": ("duplicate_",), "orphan": ("orphan_requests",)}
 IDLE_FLUSH_S = 2.0
+UNRANKED_IDLE_FLUSH_S = 30.0
 
 
 def redis_client(settings) -> redis.Redis:
@@ -193,9 +194,12 @@ def _install_joiner(runtime: Runtime, serving: Serving) -> None:
 
     @app.timer(interval=1.0)
     async def close_idle_windows():
-        # With no new events the event-time watermark stalls; after a quiet spell, close what is open.
-        if join.pending and time.monotonic() - last_event[0] > IDLE_FLUSH_S:
-            await emit(join.flush())
+        # With no new events the event-time watermark stalls; after a quiet spell, close what is
+        # open. Requests still waiting for their rank-scores get longer: a fine ranker starved of
+        # CPU can fall seconds behind the impressions, and closing them would orphan them.
+        idle_s = time.monotonic() - last_event[0]
+        if join.pending and idle_s > IDLE_FLUSH_S:
+            await emit(join.flush(keep_unranked=idle_s <= UNRANKED_IDLE_FLUSH_S))
 
 
 def load_student(data: bytes):

@@ -66,7 +66,7 @@ def mode_settings(settings: Settings, mode: str, run_id: str, work: Path,
     return Settings(**data)
 
 
-def wait_until_learned(store, answered: int, timeout_s: float, joiner=None, quiet_s: float = 30.0) -> dict:
+def wait_until_learned(store, answered: int, timeout_s: float, joiner=None, quiet_s: float = 45.0) -> dict:
     """Wait for a published version that holds one training record per answered request; returns
     that version's metadata.
 
