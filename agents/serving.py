@@ -285,10 +285,15 @@ def _install_scorer(runtime: Runtime, serving: Serving, snapshot) -> None:
 
     app.page("/score")(ScoreView)
 
+    reported_version = [None]
+
     @app.timer(interval=0.5)
     async def refresh_version():
-        if scorer.refresh(force=True) and scorer.version is not None:
+        scorer.refresh(force=True)
+        if scorer.version is not None and scorer.version != reported_version[0]:
+            # the switch may have happened on a request's own check, between two ticks
             metrics.set_model_version("scorer", scorer.version, time.time())
+            reported_version[0] = scorer.version
 
     serving.scorer = scorer
 

@@ -117,6 +117,9 @@ def test_trainer_publishes_a_version_the_scorer_serves_with_the_model_scores(sta
         wait_for(lambda: (store.meta(store.current_version()) or {}).get("samples_learned", 0) >= 40 * 20,
                  60, "a version with every sample learned", [serving, trainer])
         version = store.current_version()
+        # the scorer checks for new versions every 0.2-0.5 s: probe once it holds this one
+        wait_for(lambda: metric_sum(scrape(settings.worker.metrics_port), "prerank_model_version",
+                                    agent="scorer") == version, 30, f"the scorer on version {version}", [serving])
         request = ScoreRequest(request_id="probe", user_id="u1", ts_ms=T0 + 10**6,
                                candidates=[f"i{j}" for j in range(50)] + ["never-seen"], k=10)
         send_all(settings, "score_requests", [(b"u1", score_requests.CODEC.encode(request))])

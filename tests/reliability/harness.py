@@ -252,12 +252,21 @@ class Sender:
 
         self.settings = settings
         self.producer = producer(settings)
+        self.futures: list = []
 
     def send(self, topic_key: str, key: bytes | None, value: bytes | None):
         """Send one record; returns the future of its metadata (partition, offset)."""
         from agents.app import TOPIC_MODULES
 
-        return self.producer.send(self.settings.topics.name(TOPIC_MODULES[topic_key].TOPIC.name), key=key, value=value)
+        future = self.producer.send(self.settings.topics.name(TOPIC_MODULES[topic_key].TOPIC.name), key=key, value=value)
+        self.futures.append(future)
+        return future
+
+    def failed_sends(self) -> list[str]:
+        """Why each send that did not reach the broker failed (after a flush): an unanswered
+        request is then the system's loss, not the test's."""
+        self.flush()
+        return [repr(f.exception) for f in self.futures if f.failed()]
 
     def request(self, request) -> float:
         from streams import score_requests

@@ -114,5 +114,6 @@ def test_one_of_two_scorers_killed_every_request_is_answered(stack_settings, tmp
     measure("requests_lost", len(wanted - set(ids)))
     measure("duplicate_answers", len(ids) - len(set(ids)))
     measure("recover_s_max", round(max(after_kill), 1))
-    assert wanted <= set(ids)
+    assert not sender.failed_sends()
+    assert wanted <= set(ids), f"unanswered: {sorted(wanted - set(ids))}"
     assert workers[0].alive()
