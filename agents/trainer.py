@@ -163,9 +163,9 @@ class Trainer:
         (so a checkpoint of both can never disagree); the offsets move when the step is applied."""
         samples = [sample_from_record(record) for record in records]
         started = time.perf_counter()
-        result = self.state.learner.learn_many(samples)
+        result = {**self.state.learner.learn_many(samples), "samples": sum(s.n_items for s in samples)}
         self.state.counters["records"] += len(records)
-        self.state.counters["samples"] += sum(s.n_items for s in samples)
+        self.state.counters["samples"] += result["samples"]
         self.progressive.observe(samples, self.state.learner.last_pair_logits)  # scored before learning
         self.metrics.trainer_batch_seconds.observe(time.perf_counter() - started)
         if self.publisher is not None:
@@ -273,9 +273,8 @@ class Trainer:
         self._dirty = True
         if result is None:
             return
-        n_samples = sum(len(r.items) for r in step.records)
         mode = self.settings.model.mode
-        self.metrics.trainer_samples_total.labels(mode=mode).inc(n_samples)
+        self.metrics.trainer_samples_total.labels(mode=mode).inc(result["samples"])
         self.metrics.trainer_loss.labels(mode=mode).set(result["loss"])
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[int]:

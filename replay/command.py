@@ -26,9 +26,9 @@ from replay.exceptions import ReplayInterrupted
 from replay.offline import local_date_ms
 from replay.progress import RunProgress, find_resumable
 from replay.sparsity import request_samples, sweep
+from replay.stream import ReplayState, StreamConfig, StreamingReplay, prefit_teacher, replay_requests
 from replay.warm_start import install_as_first_checkpoint, pretrain_student
 from streams.registry import delete_topics
-from replay.stream import ReplayState, StreamConfig, StreamingReplay, prefit_teacher, replay_requests
 
 log = logging.getLogger(__name__)
 
