@@ -1,12 +1,15 @@
 """Sustained load on the scoring topic, then overload: latency, worker memory, backlog, drain.
 
 One scorer worker (a real ``prerank worker`` process) serves a published student (default
-sizes, 5000 hot items). Requests go to ``score-requests`` at a fixed rate (warm-up, then the
-sustained phase, then an overload phase), answers are read from ``score-responses``; latency is
-answer arrival minus send time, both on this process's clock. Every second the worker's RSS and
-the backlog (sent minus answered) are sampled. Past saturation nothing is shed: Kafka holds the
-backlog, the worker pulls at its own pace (bounded prefetch), so memory stays flat while
-latency grows with the backlog; the drain time says how long the backlog takes to clear.
+sizes, 5000 hot items). First its capacity is measured (a burst of requests, answers per second
+until the last one), so that the phases are sized for this machine whatever its speed: a warm-up,
+a sustained phase at ``rate`` (at most half the capacity), then an overload phase at
+``overload_factor`` times the capacity. Answers are read from ``score-responses``; latency is
+answer arrival minus send time, both on this process's clock. The backlog (sent minus answered)
+is computed exactly from those times; the worker's RSS is sampled every second. Past saturation
+nothing is shed: Kafka holds the backlog, the worker pulls at its own pace (bounded prefetch), so
+memory stays flat while latency grows with the backlog; the drain time says how long the backlog
+takes to clear.
 
     python -m bench.load --json load.json                  # 60 s sustained (the issue's figure)
     python -m bench.load --duration 10 --overload-s 5      # a short run
@@ -35,8 +38,9 @@ from prerank.ports import free_port
 class LoadConfig:
     rate: float = 10.0
     duration_s: float = 60.0
-    overload_rate: float = 50.0
+    overload_factor: float = 3.0
     overload_s: float = 15.0
+    capacity_probe_requests: int = 100
     warmup_s: float = 5.0
     candidates: int = 1000
     k: int = 100
@@ -105,6 +109,7 @@ class _Traffic:
         self.producer = KafkaProducer(**kafka, linger_ms=1, max_request_size=8 * 1024 * 1024)
         self.consumer = KafkaConsumer(settings.topics.name("score-responses"), **kafka, group_id=None,
                                       auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=200)
+        self.rng = np.random.default_rng(config.seed)
         self.sent: dict[str, tuple[str, float]] = {}  # request id -> (phase, send time)
         self.answered: dict[str, float] = {}
         self.errors = 0
@@ -112,26 +117,36 @@ class _Traffic:
         self.sent_all_at: float | None = None
         self.stop = threading.Event()
 
-    def send_phases(self, phases: list[tuple[str, float, float]]) -> None:
+    def build(self, phase: str, n: int) -> list[tuple[str, bytes, bytes]]:
+        """``n`` encoded requests, built before sending so the sender's pace is the producer's."""
         from streams import score_requests
         from streams.score_requests import ScoreRequest
 
-        rng = np.random.default_rng(self.config.seed)
+        out = []
+        for i in range(n):
+            candidates = [f"i{j}" for j in self.rng.choice(self.config.n_items, self.config.candidates, replace=False)]
+            request = ScoreRequest(request_id=f"{phase}-{i}", user_id=f"u{int(self.rng.integers(0, 1000))}",
+                                   ts_ms=int(time.time() * 1000), candidates=candidates, k=self.config.k)
+            out.append((request.request_id, request.user_id.encode(), score_requests.CODEC.encode(request)))
+        return out
+
+    def send(self, phase: str, requests: list[tuple[str, bytes, bytes]], rate: float | None) -> None:
+        """Send at ``rate`` per second (None: as fast as the producer takes them)."""
         topic = self.settings.topics.name("score-requests")
-        for phase, rate, seconds in phases:
-            self.phase = phase
-            start = time.monotonic()
-            for i in range(int(rate * seconds)):
+        self.phase = phase
+        start = time.monotonic()
+        for i, (rid, key, value) in enumerate(requests):
+            if rate is not None:
                 delay = start + i / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                rid = f"{phase}-{i}"
-                candidates = [f"i{j}" for j in rng.choice(self.config.n_items, self.config.candidates, replace=False)]
-                request = ScoreRequest(request_id=rid, user_id=f"u{int(rng.integers(0, 1000))}", ts_ms=int(time.time() * 1000),
-                                       candidates=candidates, k=self.config.k)
-                self.sent[rid] = (phase, time.time())
-                self.producer.send(topic, key=request.user_id.encode(), value=score_requests.CODEC.encode(request))
+            self.sent[rid] = (phase, time.time())
+            self.producer.send(topic, key=key, value=value)
         self.producer.flush()
+
+    def send_phases(self, phases: list[tuple[str, float, list]]) -> None:
+        for phase, rate, requests in phases:
+            self.send(phase, requests, rate)
         self.sent_all_at = time.monotonic()
         self.phase = "drain"
 
@@ -145,6 +160,27 @@ class _Traffic:
                 self.errors += response.error is not None
                 if self.stop.is_set():
                     break
+
+    def forget(self) -> None:
+        self.sent.clear()
+        self.answered.clear()
+        self.sent_all_at = None
+
+
+def backlog_max_by_phase(sent: dict[str, tuple[str, float]], answered: dict[str, float]) -> dict[str, int]:
+    """The largest backlog (sent minus answered) while each phase was sending, from exact times.
+
+    >>> backlog_max_by_phase({"a": ("x", 0.0), "b": ("x", 1.0), "c": ("y", 2.0)}, {"a": 0.5, "b": 3.0, "c": 3.5})
+    {'x': 1, 'y': 2}
+    """
+    events = sorted([(t, 0, +1, phase) for phase, t in sent.values()]
+                    + [(answered[rid], 1, -1, None) for rid in sent if rid in answered])
+    backlog, phase, out = 0, None, {}
+    for _, _, step, sending in events:
+        backlog += step
+        phase = sending or phase
+        out[phase] = max(out.get(phase, 0), backlog)
+    return out
 
 
 def _wait(predicate, timeout_s: float, worker) -> None:
@@ -167,23 +203,24 @@ def run(config: LoadConfig, settings=None) -> dict:
     version = publish_model(settings, n_items=config.n_items, seed=config.seed, small=False)
     worker = Worker(settings, "scorer", folder / "scorer.log")
     traffic = _Traffic(settings, config)
-    phases = [("warmup", config.rate, config.warmup_s), ("sustained", config.rate, config.duration_s),
-              ("overload", config.overload_rate, config.overload_s)]
     reader = threading.Thread(target=traffic.read_answers, daemon=True)
-    sender = threading.Thread(target=traffic.send_phases, args=(phases,), daemon=True)
     timeline = []
     started = time.monotonic()
     try:
         reader.start()
-        traffic.send_phases([("ready", 1.0, 1.0)])  # one probe: the worker has joined and answers
+        traffic.send("ready", traffic.build("ready", 1), None)  # one probe: the worker has joined and answers
         _wait(lambda: "ready-0" in traffic.answered, 180, worker)
-        traffic.sent.clear()
-        traffic.answered.clear()
-        traffic.sent_all_at = None
+        # The first burst also warms the scorer's caches; the faster of two is its capacity.
+        capacity = max(measure_capacity(traffic, worker, f"capacity{i}") for i in range(2))
+        rate = min(config.rate, capacity / 2)
+        phases = [("warmup", rate, config.warmup_s), ("sustained", rate, config.duration_s),
+                  ("overload", config.overload_factor * capacity, config.overload_s)]
+        planned = [(name, r, traffic.build(name, max(1, int(r * seconds)))) for name, r, seconds in phases]
+        sender = threading.Thread(target=traffic.send_phases, args=(planned,), daemon=True)
         sender.start()
         deadline, drain_s = None, None
         while True:
-            time.sleep(1.0)
+            time.sleep(1.0)  # the sampling period of the RSS timeline, not a wait for progress
             if not worker.alive():
                 raise RuntimeError(f"scorer worker died:\n{worker.log_tail()}")
             timeline.append({"t_s": round(time.monotonic() - started, 1), "phase": traffic.phase,
@@ -200,22 +237,34 @@ def run(config: LoadConfig, settings=None) -> dict:
         traffic.stop.set()
         worker.stop()
         reader.join(5)
-    return {"config": asdict(config), "model_version": version, "phases": _phases(traffic, phases, timeline),
-            "drain_s_after_overload": drain_s, "error_answers": traffic.errors, "timeline": timeline}
+    return {"config": asdict(config), "model_version": version, "capacity_per_s": round(capacity, 1),
+            "phases": _phases(traffic, phases, timeline), "drain_s_after_overload": drain_s,
+            "error_answers": traffic.errors, "timeline": timeline}
+
+
+def measure_capacity(traffic: _Traffic, worker, name: str = "capacity") -> float:
+    """Answers per second of the scorer when a burst waits for it: from the first send to the last answer."""
+    burst = traffic.build(name, traffic.config.capacity_probe_requests)
+    traffic.send(name, burst, None)
+    _wait(lambda: all(rid in traffic.answered for rid, _, _ in burst), 300, worker)
+    first_sent = min(t for _, t in traffic.sent.values())
+    last_answer = max(traffic.answered[rid] for rid, _, _ in burst)
+    traffic.forget()
+    return len(burst) / max(last_answer - first_sent, 1e-3)
 
 
 def _phases(traffic: _Traffic, phases, timeline) -> dict:
+    backlog = backlog_max_by_phase(traffic.sent, traffic.answered)
     out = {}
     for phase, rate, seconds in phases:
         ids = [rid for rid, (p, _) in traffic.sent.items() if p == phase]
         latencies = [traffic.answered[rid] - traffic.sent[rid][1] for rid in ids if rid in traffic.answered]
         rss = [t["rss_mb"] for t in timeline if t["phase"] == phase]
         out[phase] = {
-            "rate_per_s": rate, "seconds": seconds, "sent": len(ids), "answered": len(latencies),
+            "rate_per_s": round(rate, 1), "seconds": seconds, "sent": len(ids), "answered": len(latencies),
             "lost": len(ids) - len(latencies), **_summary(latencies),
             "rss_mb_first": rss[0] if rss else None, "rss_mb_max": max(rss) if rss else None,
-            "rss_mb_last": rss[-1] if rss else None,
-            "backlog_max": max((t["backlog"] for t in timeline if t["phase"] == phase), default=0),
+            "rss_mb_last": rss[-1] if rss else None, "backlog_max": backlog.get(phase, 0),
         }
     return out
 
@@ -226,11 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--rate", type=float, default=defaults.rate)
     parser.add_argument("--duration", type=float, default=defaults.duration_s)
-    parser.add_argument("--overload-rate", type=float, default=defaults.overload_rate)
+    parser.add_argument("--overload-factor", type=float, default=defaults.overload_factor,
+                        help="the overload phase's rate, in multiples of the measured capacity")
     parser.add_argument("--overload-s", type=float, default=defaults.overload_s)
     parser.add_argument("--candidates", type=int, default=defaults.candidates)
     args = parser.parse_args(argv)
-    config = LoadConfig(rate=args.rate, duration_s=args.duration, overload_rate=args.overload_rate,
+    config = LoadConfig(rate=args.rate, duration_s=args.duration, overload_factor=args.overload_factor,
                         overload_s=args.overload_s, candidates=args.candidates)
     result = run(config)
     print(json.dumps({k: v for k, v in result.items() if k != "timeline"}, indent=2))

@@ -24,7 +24,10 @@ BENCHES = ("train", "score", "quality", "sparsity", "freshness", "scoring-topic"
 def _stack(args: argparse.Namespace, settings: Settings) -> int:
     from prerank import stack
 
-    if args.action == "up":
+    if args.action == "prepare":
+        stack.prepare(settings, with_prometheus=True)
+        print("stack prerequisites present (java, redis-server, prometheus, Kafka jars)")
+    elif args.action == "up":
         started = time.monotonic()
         ready = stack.up(settings, with_prometheus=args.prometheus or None)
         for name, seconds in ready.items():
@@ -37,8 +40,12 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
         report = stack.status(settings)
         for name, state in report.items():
             health = "ready" if state["ready"] else ("starting" if state["pid"] else "stopped")
-            print(f"{name:<11} {health:<8} pid={state['pid']} {state['address']}")
-        return 0 if all(state["ready"] for state in report.values() if state["pid"]) else 1
+            if not args.quiet:
+                print(f"{name:<11} {health:<8} pid={state['pid']} {state['address']}")
+        # 0: Kafka and Redis ready; 1: something of ours is running but not ready; 3: not running
+        if any(state["pid"] and not state["ready"] for state in report.values()):
+            return 1
+        return 0 if report["kafka"]["ready"] and report["redis"]["ready"] else 3
     return 0
 
 
@@ -179,8 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("stack", help="the embedded local stack (Kafka, Redis, Prometheus)")
-    p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument("action", choices=("prepare", "up", "down", "status"),
+                   help="prepare: check the programs and fetch the Kafka jars, start nothing")
     p.add_argument("--prometheus", action="store_true", help="also start Prometheus")
+    p.add_argument("--quiet", action="store_true", help="status: exit code only (0 up, 1 starting, 3 down)")
     p.set_defaults(run=_stack)
 
     p = sub.add_parser("topics", help="create every topic (idempotent)")

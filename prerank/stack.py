@@ -1,8 +1,10 @@
 """The embedded local stack: Apache Kafka (KRaft), Redis and optionally Prometheus, on loopback.
 
-``up`` is idempotent and returns only when every service answers; ``down`` stops exactly the
-processes ``up`` started (pid files under the stack home, checked against the process's command
-line before any signal); ``status`` reports each service.
+``up`` is idempotent, all or nothing and returns only when every service answers: it checks every
+prerequisite (programs, Kafka jars, free ports) before it starts anything, and if a service fails
+to start it stops what this call started. ``down`` stops exactly the processes ``up`` started (pid
+files under the stack home, checked against the process's working directory before any signal);
+``status`` reports each service.
 """
 
 from __future__ import annotations
@@ -74,6 +76,23 @@ class Service:
 
     def command(self) -> list[str]:
         raise NotImplementedError
+
+    def tools(self) -> tuple[str, ...]:
+        """Programs this service needs on PATH."""
+        return ()
+
+    def fetch(self) -> None:
+        """Download what the service needs (idempotent); runs before any service starts."""
+
+    def preflight(self) -> None:
+        """Raise if this service could not start now; starts nothing."""
+        for tool in self.tools():
+            require_tool(tool)
+        if self.pid() is None and port_open(self.settings.stack.host, self.port):
+            raise ServiceStartError(
+                f"{self.name}: port {self.settings.stack.host}:{self.port} is taken by a process "
+                "this stack did not start; stop it or configure another port"
+            )
 
     def prepare(self) -> None:
         """One-time set-up before the first start (idempotent)."""
@@ -147,15 +166,24 @@ class Kafka(Service):
     def libs(self) -> Path:
         return (self.settings.stack.cache / "kafka-libs").resolve()
 
-    def ensure_jars(self) -> None:
-        if any(self.libs.glob("kafka_2.13-*.jar")):
+    def tools(self) -> tuple[str, ...]:
+        return ("java",) if self.has_jars() else ("java", "mvn")
+
+    def has_jars(self) -> bool:
+        return any(self.libs.glob("kafka_2.13-*.jar"))
+
+    def fetch(self) -> None:
+        if self.has_jars():
             return
         mvn = require_tool("mvn")
-        subprocess.run(
+        result = subprocess.run(
             [mvn, "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
              f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime"],
-            check=True,
+            capture_output=True, text=True,
         )
+        if result.returncode != 0 or not self.has_jars():
+            raise ServiceStartError(f"kafka: Maven could not fetch the broker's jars ({KAFKA_POM}):\n"
+                                    + (result.stdout + result.stderr)[-2000:])
 
     def properties(self) -> str:
         stack = self.settings.stack
@@ -190,8 +218,6 @@ class Kafka(Service):
         ]
 
     def prepare(self) -> None:
-        require_tool("java")
-        self.ensure_jars()
         config = self.home / "server.properties"
         config.write_text(self.properties())
         if (self.home / "data" / "meta.properties").exists():
@@ -228,6 +254,9 @@ class Kafka(Service):
 
 
 class Redis(Service):
+    def tools(self) -> tuple[str, ...]:
+        return ("redis-server",)
+
     @property
     def port(self) -> int:
         return self.settings.stack.redis_port
@@ -244,6 +273,9 @@ class Redis(Service):
 
 
 class Prometheus(Service):
+    def tools(self) -> tuple[str, ...]:
+        return ("prometheus",)
+
     @property
     def port(self) -> int:
         return self.settings.stack.prometheus_port
@@ -263,12 +295,33 @@ def services(settings: Settings, with_prometheus: bool | None = None) -> list[Se
     return chosen
 
 
-def up(settings: Settings, with_prometheus: bool | None = None) -> dict[str, float]:
-    """Start what is not running and wait for all; returns seconds to ready per service."""
+def prepare(settings: Settings, with_prometheus: bool | None = None) -> list[Service]:
+    """Check every prerequisite and fetch the Kafka jars; starts nothing. Returns the services."""
     chosen = services(settings, with_prometheus)
     for service in chosen:
-        service.start()
-    return {s.name: s.wait_ready(settings.stack.start_timeout_s) for s in chosen}
+        service.preflight()
+    for service in chosen:
+        service.fetch()
+    return chosen
+
+
+def up(settings: Settings, with_prometheus: bool | None = None) -> dict[str, float]:
+    """Start what is not running and wait for all; returns seconds to ready per service.
+
+    All or nothing: nothing starts unless every prerequisite holds, and a failure to start or to
+    become ready stops every process this call started (already-running services stay).
+    """
+    chosen = prepare(settings, with_prometheus)
+    started: list[Service] = []
+    try:
+        for service in chosen:
+            if service.start():
+                started.append(service)
+        return {s.name: s.wait_ready(settings.stack.start_timeout_s) for s in chosen}
+    except BaseException:
+        for service in reversed(started):
+            service.stop()
+        raise
 
 
 def down(settings: Settings) -> list[str]:
