@@ -43,6 +43,7 @@ The rule, stated once:
 from __future__ import annotations
 
 import heapq
+import json
 import time
 import zlib
 from collections import Counter, deque
@@ -209,7 +210,7 @@ class JoinConfig:
 
 @dataclass
 class PendingRequest:
-    """The parts of one request gathered so far; JSON-able through :meth:`to_dict`."""
+    """One request whose window closed: its rank-scores, candidates, user snapshot and exposures."""
 
     request_id: str
     user_id: str
@@ -217,6 +218,7 @@ class PendingRequest:
     ranked: tuple[Ranked, ...] | None = None
     candidates: tuple[str, ...] = ()
     impressions: list[Feedback] = field(default_factory=list)
+    user: Mapping | None = None  # the snapshot the scorer used (JSON-able), carried by the rank-scores
 
     def to_dict(self) -> dict:
         return {
@@ -230,26 +232,30 @@ class PendingRequest:
             "impressions": [
                 [f.item_id, f.ts_ms, f.position, f.click, f.long_view, f.like, f.play_ms] for f in self.impressions
             ],
+            "user": None if self.user is None else dict(self.user),
         }
 
-    @classmethod
-    def from_dict(cls, state: Mapping) -> PendingRequest:
-        ranked = state["ranked"]
-        return cls(
-            request_id=state["request_id"],
-            user_id=state["user_id"],
-            ts_ms=int(state["ts_ms"]),
-            ranked=None if ranked is None else tuple(Ranked(i, int(r), dict(lg)) for i, r, lg in ranked),
-            candidates=tuple(state["candidates"]),
-            impressions=[Feedback(*f) for f in state["impressions"]],
-        )
+
+def impression_key(request_id: str, feedback: Feedback) -> str:
+    """The key of one held exposure: two exposures with the same key are duplicates."""
+    return json.dumps([request_id, *feedback.key])
 
 
 class LabelJoin:
     """Joins rank-scores and impressions by request id inside an event-time window.
 
-    ``pending`` (request id -> :meth:`PendingRequest.to_dict`) and ``closed`` (request id ->
-    watermark at close) may be any mutable mappings, e.g. Faust tables; plain dicts by default.
+    Its state lives in three mutable mappings of JSON-able values (Faust tables in the worker,
+    plain dicts by default), written so that each event costs O(event), never a rewrite of the
+    whole request:
+
+    - ``pending``: request id -> head (``user_id``, ``ts_ms``, ``ranked``, ``candidates``,
+      ``user``), written by the request's first event and once more by its rank-scores (an
+      impression rewrites the small head of a request still without rank-scores only when it
+      moves ``ts_ms`` earlier);
+    - ``impressions``: :func:`impression_key` -> ``[request_id, item_id, ts_ms, position,
+      click, long_view, like, play_ms]``, one row per exposure, written once;
+    - ``closed``: request id -> watermark at close.
+
     To resume exactly after a restart, pass them back with the last ``watermark_ms``.
     Every ``add_*`` returns the requests whose windows that event closed, oldest deadline first.
 
@@ -270,6 +276,7 @@ class LabelJoin:
         self,
         config: JoinConfig = JoinConfig(),
         pending: MutableMapping[str, dict] | None = None,
+        impressions: MutableMapping[str, list] | None = None,
         closed: MutableMapping[str, int] | None = None,
         watermark_ms: int | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
@@ -277,13 +284,19 @@ class LabelJoin:
         self.config = config
         self.clock_ms = clock_ms
         self.pending: MutableMapping[str, dict] = {} if pending is None else pending
+        self.impressions: MutableMapping[str, list] = {} if impressions is None else impressions
         self.closed: MutableMapping[str, int] = {} if closed is None else closed
         self.counters: Counter[str] = Counter()
+        heads = dict(self.pending.items())  # one pass over a possibly remote mapping
         if watermark_ms is None:
-            watermark_ms = max((int(p["ts_ms"]) for p in self.pending.values()), default=0)
+            watermark_ms = max((int(head["ts_ms"]) for head in heads.values()), default=0)
         self.watermark_ms = watermark_ms
-        self._deadlines = [(int(p["ts_ms"]) + config.window_ms, rid) for rid, p in self.pending.items()]
+        self._deadlines = [(int(head["ts_ms"]) + config.window_ms, rid) for rid, head in heads.items()]
         heapq.heapify(self._deadlines)
+        # Which exposures each request holds: an index over ``impressions``, so a close finds them.
+        self._impression_keys: dict[str, list[str]] = {}
+        for key, row in self.impressions.items():
+            self._impression_keys.setdefault(row[0], []).append(key)
         # Close times are watermarks, which never decrease: a FIFO is enough to expire them.
         self._closed_order = deque(sorted(self.closed, key=self.closed.__getitem__))
 
@@ -303,23 +316,25 @@ class LabelJoin:
         ts_ms: int,
         ranked: Iterable[RankedLike],
         candidates: Sequence[str] = (),
+        user: Mapping | None = None,
     ) -> list[PendingRequest]:
-        """The fine ranker's scores of a request (``candidates``: ids of its whole candidate set)."""
+        """The fine ranker's scores of a request (``candidates``: ids of its whole candidate set;
+        ``user``: the JSON-able user snapshot the scorer used, stored once with them)."""
         if self._is_future(ts_ms):
             self.counters["future_rank_scores"] += 1
             return []
         if self._is_late(request_id, ts_ms):
             self.counters["late_rank_scores"] += 1
             return self._advance(ts_ms)
-        state = self.pending.get(request_id)
-        part = PendingRequest.from_dict(state) if state else PendingRequest(request_id, user_id, ts_ms)
-        if part.ranked is not None:
+        head = self.pending.get(request_id)
+        if head is not None and head["ranked"] is not None:
             self.counters["duplicate_rank_scores"] += 1
             return self._advance(ts_ms)
-        part.ranked = tuple(Ranked.of(r) for r in ranked)
-        part.candidates = tuple(candidates)
-        part.ts_ms = ts_ms
-        self._store(part)
+        self._store_head(request_id, {
+            "user_id": user_id, "ts_ms": ts_ms,
+            "ranked": [[r.item_id, int(r.rank), dict(r.logits)] for r in map(Ranked.of, ranked)],
+            "candidates": list(candidates), "user": None if user is None else dict(user),
+        })
         self.counters["rank_scores"] += 1
         return self._advance(ts_ms)
 
@@ -332,21 +347,27 @@ class LabelJoin:
         if self._is_late(request_id, feedback.ts_ms):
             self.counters["late_impressions"] += 1
             return self._advance(feedback.ts_ms)
-        state = self.pending.get(request_id)
-        part = PendingRequest.from_dict(state) if state else PendingRequest(request_id, user_id, feedback.ts_ms)
-        if any(f.key == feedback.key for f in part.impressions):
+        key = impression_key(request_id, feedback)
+        head = self.pending.get(request_id)
+        # A row without its head (a crash kept one write of the pair) is taken again, not a duplicate.
+        if head is not None and key in self.impressions:
             self.counters["duplicate_impressions"] += 1
             return self._advance(feedback.ts_ms)
-        part.impressions.append(feedback)
-        if part.ranked is None:
-            part.ts_ms = min(part.ts_ms, feedback.ts_ms)
-        self._store(part)
+        if key not in self.impressions:
+            self.impressions[key] = [request_id, feedback.item_id, feedback.ts_ms, feedback.position, feedback.click,
+                                     feedback.long_view, feedback.like, feedback.play_ms]
+            self._impression_keys.setdefault(request_id, []).append(key)
+        if head is None:
+            self._store_head(request_id, {"user_id": user_id, "ts_ms": feedback.ts_ms, "ranked": None,
+                                          "candidates": [], "user": None})
+        elif head["ranked"] is None and feedback.ts_ms < int(head["ts_ms"]):
+            self._store_head(request_id, {**head, "ts_ms": feedback.ts_ms})
         self.counters["impressions"] += 1
         return self._advance(feedback.ts_ms)
 
-    def _store(self, part: PendingRequest) -> None:
-        self.pending[part.request_id] = part.to_dict()
-        heapq.heappush(self._deadlines, (part.ts_ms + self.config.window_ms, part.request_id))
+    def _store_head(self, request_id: str, head: dict) -> None:
+        self.pending[request_id] = head
+        heapq.heappush(self._deadlines, (int(head["ts_ms"]) + self.config.window_ms, request_id))
 
     def _advance(self, event_ts_ms: int) -> list[PendingRequest]:
         return self.advance(max(self.watermark_ms, event_ts_ms))
@@ -357,10 +378,10 @@ class LabelJoin:
         ready: list[PendingRequest] = []
         while self._deadlines and self._deadlines[0][0] < self.watermark_ms:
             deadline, request_id = heapq.heappop(self._deadlines)
-            state = self.pending.get(request_id)
-            if state is None or int(state["ts_ms"]) + self.config.window_ms != deadline:
+            head = self.pending.get(request_id)
+            if head is None or int(head["ts_ms"]) + self.config.window_ms != deadline:
                 continue  # a stale heap entry: the request was closed or its ts moved
-            self._close(PendingRequest.from_dict(state), ready)
+            self._close(request_id, head, ready)
         horizon = self.watermark_ms - self.config.retention_ms
         while self._closed_order and self.closed.get(self._closed_order[0], horizon - 1) < horizon:
             self.closed.pop(self._closed_order.popleft(), None)
@@ -381,24 +402,30 @@ class LabelJoin:
         (['ranked'], ['shown-only'])
         """
         ready: list[PendingRequest] = []
-        for request_id in sorted(self.pending, key=lambda r: int(self.pending[r]["ts_ms"])):
-            if keep_unranked and self.pending[request_id]["ranked"] is None:
+        heads = sorted(self.pending.items(), key=lambda item: int(item[1]["ts_ms"]))
+        for request_id, head in heads:
+            if keep_unranked and head["ranked"] is None:
                 continue
-            self._close(PendingRequest.from_dict(self.pending[request_id]), ready)
+            self._close(request_id, head, ready)
         if not self.pending:
             self._deadlines.clear()  # otherwise stale entries are skipped when the watermark moves
         return ready
 
-    def _close(self, part: PendingRequest, ready: list[PendingRequest]) -> None:
-        del self.pending[part.request_id]
-        self.closed[part.request_id] = self.watermark_ms
-        self._closed_order.append(part.request_id)
-        if part.ranked is None:
+    def _close(self, request_id: str, head: Mapping, ready: list[PendingRequest]) -> None:
+        rows = [self.impressions.pop(key) for key in self._impression_keys.pop(request_id, ())]
+        del self.pending[request_id]
+        self.closed[request_id] = self.watermark_ms
+        self._closed_order.append(request_id)
+        feedback = sorted((Feedback(*row[1:]) for row in rows), key=lambda f: (f.ts_ms, f.position, f.item_id))
+        if head["ranked"] is None:
             self.counters["orphan_requests"] += 1
-            self.counters["orphan_impressions"] += len(part.impressions)
+            self.counters["orphan_impressions"] += len(feedback)
             return
         self.counters["emitted"] += 1
-        if not part.impressions:
+        if not feedback:
             self.counters["emitted_without_impressions"] += 1
-        ready.append(part)
-
+        ready.append(PendingRequest(
+            request_id=request_id, user_id=head["user_id"], ts_ms=int(head["ts_ms"]),
+            ranked=tuple(Ranked(item, int(rank), dict(logits)) for item, rank, logits in head["ranked"]),
+            candidates=tuple(head["candidates"]), impressions=feedback, user=head.get("user"),
+        ))

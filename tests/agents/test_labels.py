@@ -15,7 +15,6 @@ from agents.labels import (
     JoinConfig,
     LabelConfig,
     LabelJoin,
-    PendingRequest,
     Ranked,
     build_request_sample,
 )
@@ -191,16 +190,49 @@ def test_join_resumes_exactly_from_json_state(spec, seed, window, data):
     cut = data.draw(st.integers(0, len(events)))
     first = LabelJoin(config)
     got = feed(first, events[:cut])
-    pending = json.loads(json.dumps(dict(first.pending)))
-    closed = json.loads(json.dumps(dict(first.closed)))
-    second = LabelJoin(config, pending=pending, closed=closed, watermark_ms=first.watermark_ms)
+    state = {name: json.loads(json.dumps(dict(getattr(first, name)))) for name in ("pending", "impressions", "closed")}
+    second = LabelJoin(config, **state, watermark_ms=first.watermark_ms)
     got += feed(second, events[cut:]) + second.flush()
     assert [p.to_dict() for p in got] == expected
 
 
-def test_pending_request_round_trip():
-    part = PendingRequest("r", "u", 5, (Ranked("a", 0, {"click": 1.5}),), ("a", "b"), [Feedback("a", 6, 1, 1, 0, 1, 20)])
-    assert PendingRequest.from_dict(json.loads(json.dumps(part.to_dict()))) == part
+class CountingDict(dict):
+    """A dict that counts the bytes of every value written, as a changelog would carry them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written_bytes = 0
+
+    def __setitem__(self, key, value) -> None:
+        self.written_bytes += len(json.dumps(value))
+        super().__setitem__(key, value)
+
+
+def test_an_impression_writes_its_own_row_not_the_whole_request():
+    pending, impressions = CountingDict(), CountingDict()
+    join = LabelJoin(JoinConfig(window_ms=10**9), pending=pending, impressions=impressions)
+    big = [Ranked(f"i{j}", j, {"click": 0.5}) for j in range(100)]
+    join.add_rank_scores("r", "u", 0, big, candidates=[f"c{j}" for j in range(1000)], user={"user_id": "u"})
+    head_bytes = pending.written_bytes
+    for j in range(50):
+        join.add_impression("r", "u", Feedback(f"i{j}", ts_ms=10 + j, position=j))
+    assert pending.written_bytes == head_bytes  # the head (with 1000 candidates) is written once
+    assert impressions.written_bytes < 50 * 100  # ~60 bytes per exposure
+    (part,) = join.flush()
+    assert len(part.impressions) == 50 and part.user == {"user_id": "u"} and len(part.candidates) == 1000
+    assert not pending and not impressions
+
+
+def test_a_row_kept_without_its_head_is_joined_again():
+    """A crash may keep one of an event's two writes: an exposure row whose head was lost."""
+    first = LabelJoin(JoinConfig(window_ms=100))
+    first.add_impression("r", "u", Feedback("a", ts_ms=10, click=1))
+    impressions = dict(first.impressions)  # the head write was lost
+    second = LabelJoin(JoinConfig(window_ms=100), impressions=impressions, watermark_ms=first.watermark_ms)
+    second.add_impression("r", "u", Feedback("a", ts_ms=10, click=1))  # the replayed event
+    second.add_rank_scores("r", "u", 5, [Ranked("a", 0, {"click": 1.0})])
+    (part,) = second.flush()
+    assert [f.item_id for f in part.impressions] == ["a"] and second.counters["duplicate_impressions"] == 0
 
 
 def test_pure_modules_import_no_broker_or_store_client():
