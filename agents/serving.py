@@ -21,7 +21,8 @@ from agents.app import Runtime
 from agents.convert import item_from_catalog, profile_fields, record_from_sample, snapshot_from_user
 from agents.convert import user_from_snapshot
 from agents.history import HistoryConfig, UserHistory, local_hour_and_weekday
-from agents.labels import Feedback, JoinConfig, LabelConfig, LabelJoin, build_request_sample
+from agents.join_tables import JoinTables, check_store
+from agents.labels import JoinConfig, LabelConfig, LabelJoin, build_request_sample
 from agents.scoring import Scorer
 from agents.store import ModelStore
 from models.features import ItemFeatures
@@ -31,13 +32,13 @@ from streams import training_samples, user_profiles
 from streams.exceptions import RecordError
 from streams.score_requests import ScoreRequest
 from streams.score_responses import ScoreResponse
+from streams.training_samples import UserSnapshot
 
 log = logging.getLogger(__name__)
 
 MAX_HTTP_BODY = 1024 * 1024
 # The join's own counters, by the metric event they are reported as (far-future events count as late).
 JOIN_COUNTERS = {"late": ("late_", "future_"), "duplicate": ("duplicate_",), "orphan": ("orphan_requests",)}
-IDLE_FLUSH_S = 2.0
 UNRANKED_IDLE_FLUSH_S = 30.0
 
 
@@ -137,37 +138,65 @@ def install(runtime: Runtime, metrics: PrerankMetrics, agents: set[str]) -> Serv
 
 
 def _install_joiner(runtime: Runtime, serving: Serving) -> None:
+    """The label join over changelog-backed tables, one join per input partition
+    (``agents/join_tables.py``): a restarted or newly assigned worker resumes the open windows."""
     settings = runtime.settings
     app = runtime.app
+    check_store(settings.worker.store)
     label_config = LabelConfig(top_n=settings.model.top_n, n_easy_negatives=settings.model.easy_negatives,
                                seed=settings.model.seed)
-    join = LabelJoin(JoinConfig(window_ms=int(settings.worker.join_window_s * 1000)))
-    users: dict[str, dict] = {}  # request id -> user snapshot, while its window is open
+    state = JoinTables(app, settings.topics.partitions, JoinConfig(window_ms=int(settings.worker.join_window_s * 1000)),
+                       source_topic=runtime.topic_name("rank_scores"))
+    # One event at a time across both agents and the timer: an event's table writes may reach the
+    # changelog only after the records it emitted are delivered, and another event's flush of the
+    # shared queue must not send them earlier.
+    lock = asyncio.Lock()
     last_event = [time.monotonic()]
-    reported: dict[str, int] = {}
+    idle_flush_s = settings.worker.join_idle_flush_s
+    unranked_flush_s = max(UNRANKED_IDLE_FLUSH_S, idle_flush_s)
+    metrics = serving.metrics
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender, assigned, **kwargs) -> None:
+        state.on_assigned(assigned)
 
     async def emit(ready) -> None:
+        deliveries = []
         for part in ready:
-            snapshot = users.pop(part.request_id, None)
-            user = user_from_snapshot(snapshot) if snapshot else None
-            if user is None:
-                serving.metrics.count_join_event("orphan")
+            if part.user is None:  # rank-scores without the scorer's snapshot: nothing to learn from
+                metrics.count_join_event("orphan")
                 continue
+            user = user_from_snapshot(UserSnapshot.model_validate(part.user))
             ids = [r.item_id for r in part.ranked] + list(part.candidates) + [f.item_id for f in part.impressions]
             features = serving.item_features(list(dict.fromkeys(ids)))
             sample = build_request_sample(
                 part.request_id, part.ts_ms, user, features, part.ranked, part.impressions, label_config,
             )
-            record = record_from_sample(sample)
-            await runtime.topic("training_samples").send(
-                key=part.user_id.encode(), value=training_samples.CODEC.encode(record)
-            )
-            serving.metrics.joiner_records_total.inc()
+            # force: sent now rather than attached to the event's commit, so delivery can be awaited
+            deliveries.append(await runtime.topic("training_samples").send(
+                key=part.user_id.encode(), value=training_samples.CODEC.encode(record_from_sample(sample)), force=True,
+            ))
+            metrics.joiner_records_total.inc()
+        if deliveries:
+            await asyncio.gather(*deliveries)
+
+    def report(join: LabelJoin) -> None:
         for event, prefixes in JOIN_COUNTERS.items():
             total = sum(count for name, count in join.counters.items() if name.startswith(prefixes))
-            if total > reported.get(event, 0):
-                serving.metrics.count_join_event(event, total - reported.get(event, 0))
-                reported[event] = total
+            if total:
+                metrics.count_join_event(event, total)
+        join.counters.clear()
+        metrics.joiner_pending_requests.set(state.pending_requests())
+
+    async def handle(partition: int, add) -> None:
+        async with lock:
+            found = state.join(partition)
+            if found is None:  # buffered before its partition moved away; the new owner reads it
+                return
+            await emit(add(found.join))
+            found.save_watermark()
+            state.send_changelog()
+            report(found.join)
 
     @app.agent(runtime.topic("rank_scores"), name="joiner-rank-scores")
     async def joiner_rank_scores(stream):
@@ -176,12 +205,9 @@ def _install_joiner(runtime: Runtime, serving: Serving) -> None:
             if record is None:
                 continue
             last_event[0] = time.monotonic()
-            if record.user is not None and record.request_id not in users:
-                users[record.request_id] = record.user
-            await emit(join.add_rank_scores(record.request_id, record.user_id, record.ts_ms,
-                                            record.items, record.candidates))
-            if record.request_id not in join.pending:  # dropped (late, duplicate, future) or emitted
-                users.pop(record.request_id, None)
+            user = None if record.user is None else record.user.model_dump(mode="json")
+            await handle(event.message.partition, lambda join: join.add_rank_scores(
+                record.request_id, record.user_id, record.ts_ms, record.items, record.candidates, user=user))
 
     @app.agent(runtime.topic("impressions"), name="joiner-impressions")
     async def joiner_impressions(stream):
@@ -190,16 +216,25 @@ def _install_joiner(runtime: Runtime, serving: Serving) -> None:
             if record is None:
                 continue
             last_event[0] = time.monotonic()
-            await emit(join.add_impression(record.request_id, record.user_id, Feedback.of(record)))
+            await handle(event.message.partition,
+                         lambda join: join.add_impression(record.request_id, record.user_id, record))
 
     @app.timer(interval=1.0)
     async def close_idle_windows():
         # With no new events the event-time watermark stalls; after a quiet spell, close what is
         # open. Requests still waiting for their rank-scores get longer: a fine ranker starved of
         # CPU can fall seconds behind the impressions, and closing them would orphan them.
+        if app.rebalancing:  # tables are being recovered: no join may be built from them yet
+            return
         idle_s = time.monotonic() - last_event[0]
-        if join.pending and idle_s > IDLE_FLUSH_S:
-            await emit(join.flush(keep_unranked=idle_s <= UNRANKED_IDLE_FLUSH_S))
+        async with lock:
+            for partition in sorted(state.owned):
+                found = state.join(partition)  # also resumes partitions that have had no event yet
+                if found is not None and idle_s > idle_flush_s and found.join.pending:
+                    await emit(found.join.flush(keep_unranked=idle_s <= unranked_flush_s))
+                    state.send_changelog()
+                    report(found.join)
+            metrics.joiner_pending_requests.set(state.pending_requests())
 
 
 def load_student(data: bytes):

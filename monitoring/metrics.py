@@ -16,13 +16,14 @@ scorer     ``scorer_latency_seconds``, ``scorer_candidates``, ``scorer_item_vect
            {tier}, ``scorer_requests_total``, ``scorer_errors_total`` {reason},
            ``model_version`` and ``model_version_age_seconds`` {agent="scorer"}
 trainer    ``trainer_samples_total`` {mode}, ``trainer_loss`` {mode}, ``trainer_batch_seconds``,
+           ``trainer_duplicate_records_total``,
            ``trainer_progressive_auc_ratio`` {label}, ``embedding_rows``,
            ``embedding_zero_rows_ratio``, ``embedding_admissions_total``,
            ``embedding_evictions_total`` {table}, ``model_version`` {agent="trainer"}
 publisher  ``publish_duration_seconds``, ``published_items_total``,
            ``published_versions_total``, ``publish_deleted_items_total``, ``freshness_seconds``,
            ``model_version`` and ``model_version_age_seconds`` {agent="publisher"}
-joiner     ``joiner_records_total``, ``joiner_events_total`` {event},
+joiner     ``joiner_records_total``, ``joiner_events_total`` {event}, ``joiner_pending_requests``,
            ``consistency_recall_ratio`` {k} (fine ranker's top-N inside the pre-ranker's top-K)
 every one  ``dead_letters_total`` {topic, reason}, ``consumer_lag_messages``
            {agent, topic, partition} (see :mod:`monitoring.lag`)
@@ -132,6 +133,12 @@ class PrerankMetrics:
             "prerank_trainer_loss", "Mean loss of the last micro-batch, by loss mode.",
             ["mode"], registry=registry,
         )
+        self.trainer_duplicate_records_total = Counter(
+            "prerank_trainer_duplicate_records_total",
+            "Training records dropped because the trainer had already learned their request "
+            "(the joiner emits at least once; this makes it exactly once into the model).",
+            registry=registry,
+        )
         self.trainer_batch_seconds = Histogram(
             "prerank_trainer_batch_seconds", "Time to learn one micro-batch.",
             registry=registry, buckets=buckets.TRAINER_BATCH_SECONDS,
@@ -202,6 +209,11 @@ class PrerankMetrics:
     def _create_streaming(self, registry: CollectorRegistry) -> None:
         self.joiner_records_total = Counter(
             "prerank_joiner_records_total", "Training records (one per request) emitted by the joiner.",
+            registry=registry,
+        )
+        self.joiner_pending_requests = Gauge(
+            "prerank_joiner_pending_requests",
+            "Requests whose join window is open in this worker (held in the joiner's tables).",
             registry=registry,
         )
         self.joiner_events_total = Counter(

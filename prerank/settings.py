@@ -148,6 +148,8 @@ class WorkerSettings(BaseModel):
     store: str = "memory://"
     data_dir: Path = Path(".stack/faust")
     join_window_s: float = 600.0
+    join_idle_flush_s: float = Field(default=2.0, gt=0)  # joiner idle this long: close the open windows
+    trainer_dedupe_requests: int = Field(default=100_000, ge=1)  # recent request ids the trainer drops again
     train_batch_requests: int = Field(default=32, ge=1)
     train_batch_timeout_s: float = Field(default=0.5, gt=0)
     checkpoint_dir: Path = Path(".stack/checkpoints")

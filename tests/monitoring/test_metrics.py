@@ -21,7 +21,7 @@ UNITLESS = {
     "prerank_scorer_candidates", "prerank_trainer_loss", "prerank_embedding_rows",
     "prerank_model_version",
 }
-UNIT_SUFFIXES = ("_seconds", "_bytes", "_ratio", "_messages")
+UNIT_SUFFIXES = ("_seconds", "_bytes", "_ratio", "_messages", "_requests")
 
 # What the issue asks to be measured, by exposed family name.
 REQUIRED_FAMILIES = {
