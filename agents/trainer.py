@@ -5,6 +5,9 @@ stream, because its guarantee is the checkpoint, not Kafka's committed offsets: 
 optimiser state and the next offset of every partition are saved together, and on start the
 consumer seeks to the checkpoint's offsets. A crash therefore replays exactly the records
 learned after the last checkpoint, into a model that has not seen them: no loss, no double count.
+The joiner emits at least once, so the same request may arrive twice: the trainer drops a record
+whose request id it learned recently (``agents/dedupe.py``; the ids are saved in the same
+checkpoint), which makes every request reach the model exactly once.
 
 One trainer owns every partition of ``training-samples`` (sharding plan: docs/scaling.md).
 Learning runs in a single worker thread so the event loop keeps heartbeating and publishing.
@@ -25,6 +28,7 @@ from redis.exceptions import RedisError
 
 from agents.app import Runtime, ssl_context
 from agents.checkpoint import CheckpointDir
+from agents.dedupe import RecentIds
 from agents.convert import sample_from_record
 from agents.publishing import Publisher
 from agents.serving import redis_client
@@ -44,6 +48,7 @@ from streams.exceptions import RecordError
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "student.safetensors"
+LEARNED_IDS_FILE = "learned-request-ids.json"
 LAG_INTERVAL_S = 5.0
 
 
@@ -99,8 +104,11 @@ class ProgressiveAUC:
 @dataclass
 class TrainerState:
     learner: StudentLearner
+    learned: RecentIds  # the request ids learned most recently: a second copy is dropped
     offsets: dict[str, int] = field(default_factory=dict)  # partition -> next offset to read
-    counters: dict[str, int] = field(default_factory=lambda: {"records": 0, "samples": 0, "version": 0})
+    counters: dict[str, int] = field(
+        default_factory=lambda: {"records": 0, "samples": 0, "version": 0, "duplicate_records": 0}
+    )
 
 
 @dataclass
@@ -144,27 +152,37 @@ class Trainer:
 
     def _restore(self) -> TrainerState:
         latest = self.checkpoints.latest()
+        capacity = self.settings.worker.trainer_dedupe_requests
         if latest is None:
-            return TrainerState(new_learner(self.settings))
+            return TrainerState(new_learner(self.settings), RecentIds(capacity))
         learner = StudentLearner.load(latest.folder / MODEL_FILE)
-        log.info("trainer restored %s: %s", latest.folder.name, latest.counters)
-        return TrainerState(learner, dict(latest.offsets), dict(latest.counters))
+        learned = RecentIds.load(latest.folder / LEARNED_IDS_FILE, capacity)
+        log.info("trainer restored %s: %s, %d recent request ids", latest.folder.name, latest.counters, len(learned))
+        return TrainerState(learner, learned, dict(latest.offsets), {"duplicate_records": 0, **latest.counters})
 
     def checkpoint(self) -> None:
-        self.checkpoints.save(
-            lambda folder: self.state.learner.save(folder / MODEL_FILE),
-            self.state.offsets, self.state.counters,
-        )
+        def write(folder) -> None:
+            self.state.learner.save(folder / MODEL_FILE)
+            self.state.learned.save(folder / LEARNED_IDS_FILE)
+
+        self.checkpoints.save(write, self.state.offsets, self.state.counters)
         self._dirty = False
         self._last_checkpoint = time.monotonic()
 
     def learn(self, records: list) -> dict[str, float]:
-        """One learn step, in the learn thread. The record and sample counters move with the model
-        (so a checkpoint of both can never disagree); the offsets move when the step is applied."""
-        samples = [sample_from_record(record) for record in records]
+        """One learn step, in the learn thread. The record and sample counters and the learned ids
+        move with the model (so a checkpoint of them can never disagree); the offsets move when the
+        step is applied."""
+        fresh = [record for record in records if self.state.learned.add(record.request_id)]
+        duplicates = len(records) - len(fresh)
+        self.state.counters["duplicate_records"] += duplicates
+        if not fresh:
+            return {"samples": 0, "duplicates": duplicates}
+        samples = [sample_from_record(record) for record in fresh]
         started = time.perf_counter()
-        result = {**self.state.learner.learn_many(samples), "samples": sum(s.n_items for s in samples)}
-        self.state.counters["records"] += len(records)
+        result = {**self.state.learner.learn_many(samples), "samples": sum(s.n_items for s in samples),
+                  "duplicates": duplicates}
+        self.state.counters["records"] += len(fresh)
         self.state.counters["samples"] += result["samples"]
         self.progressive.observe(samples, self.state.learner.last_pair_logits)  # scored before learning
         self.metrics.trainer_batch_seconds.observe(time.perf_counter() - started)
@@ -272,6 +290,9 @@ class Trainer:
         self._unpublished_ts_ms.extend(step.produced_ms)
         self._dirty = True
         if result is None:
+            return
+        self.metrics.trainer_duplicate_records_total.inc(result["duplicates"])
+        if "loss" not in result:  # every record of the step was a duplicate
             return
         mode = self.settings.model.mode
         self.metrics.trainer_samples_total.labels(mode=mode).inc(result["samples"])
