@@ -76,8 +76,17 @@ def build(settings: Settings, agents: set[str], registry=REGISTRY, web_port: int
     return runtime, parts, metrics
 
 
-def run_worker(settings: Settings, agents: list[str], extra: list[str] | None = None, index: int = 0) -> int:
+def run_worker(settings: Settings, agents: list[str], extra: list[str] | None = None, index: int = 0,
+               parent_pid: int | None = None) -> int:
     chosen = plan(agents)
+    watch = None
+    if parent_pid is not None:
+        from prerank.parent_watch import ParentWatch
+
+        watch = ParentWatch(parent_pid)
+        if not watch.parent_alive():
+            raise PrerankError(f"worker: parent process {parent_pid} is already gone")
+        watch.start()
     import torch
 
     torch.set_num_threads(settings.worker.torch_threads)
@@ -93,4 +102,6 @@ def run_worker(settings: Settings, agents: list[str], extra: list[str] | None = 
         return int(exit_.code or 0)
     finally:
         server.close()
+        if watch is not None:
+            watch.stop()
     return 0

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,8 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from agents.worker import run_worker
 
-    return run_worker(settings, agents=args.agents.split(","), extra=args.faust_args, index=args.index)
+    return run_worker(settings, agents=args.agents.split(","), extra=args.faust_args, index=args.index,
+                      parent_pid=args.parent_pid)
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
@@ -202,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run Faust agents in this process")
     p.add_argument("--agents", default="history,joiner,scorer")
     p.add_argument("--index", type=int, default=0, help="worker number on this host: offsets web and metrics ports")
+    p.add_argument("--parent-pid", type=int, default=None,
+                   help="stop when this process (the one that started the worker) is gone")
     p.add_argument("faust_args", nargs=argparse.REMAINDER)
     p.set_defaults(run=_worker)
 
@@ -245,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -253,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     settings = load_settings()
+    # A supervisor's SIGTERM (a CI timeout, `kill`) stops a command as Ctrl-C does: requests in
+    # flight are drained, progress saved and the workers it started stopped. A worker's Faust
+    # loop installs its own handler over this one.
+    signal.signal(signal.SIGTERM, _terminate)
     import torch
 
     # Workers, the replay and Kafka share two cores: more than one thread per process oversubscribes

@@ -50,11 +50,13 @@ class Worker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "prerank.cli", "worker", "--agents", agents, "--index", str(index)],
+            [sys.executable, "-m", "prerank.cli", "worker", "--agents", agents, "--index", str(index),
+             "--parent-pid", str(os.getpid())],
             env=settings_env(settings, extra_env), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             # Its own session: a Ctrl-C at the terminal reaches the parent only, which drains the
-            # requests in flight before it stops its workers.
+            # requests in flight before it stops its workers. With --parent-pid the worker stops
+            # itself if this process dies first (prerank.parent_watch).
             start_new_session=True,
         )
 
