@@ -59,13 +59,13 @@ def inputs_committed(settings) -> bool:
     """The serving group has committed every rank-scores and impressions offset."""
     admin = KafkaAdminClient(**settings.kafka.kafka_python_config())
     try:
-        committed = admin.list_consumer_group_offsets(settings.worker.app_id)
+        committed = admin.list_group_offsets(settings.worker.app_id)[settings.worker.app_id]
     finally:
         admin.close()
     for key in ("rank_scores", "impressions"):
         for partition, end in end_offsets(settings, key).items():
             found = committed.get(TopicPartition(topic_name(settings, key), partition))
-            if found is None or found.offset < end:
+            if end > 0 and (found is None or found.offset < end):
                 return False
     return True
 
