@@ -83,20 +83,24 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from replay.command import run_replay
     from replay.exceptions import ReplayInterrupted
-    from replay.report import write_report
+
+    from prerank.console import ReplayConsole
 
     data = None if args.synthetic else (args.data or settings.data)
+    console = ReplayConsole()
     try:
         report = run_replay(
             settings, data, args.mode or ["cascade"], args.eval_from, args.report_dir, until=args.until,
             train_until=args.train_until, baselines=args.baselines, max_requests=args.max_requests,
-            n_candidates=args.candidates, progress=ProgressPrinter(), speed=args.speed, resume=args.resume,
+            n_candidates=args.candidates, progress=console, speed=args.speed, resume=args.resume,
             l1_sweep=_floats(args.l1_sweep), l1_sweep_requests=args.l1_sweep_requests,
             warm_start=not args.cold_start,
         )
     except (ReplayInterrupted, ReplayStalled, KeyboardInterrupt) as stopped:
         return _interrupted(stopped, args.report_dir)
-    print(write_report(args.report_dir, report))
+    finally:
+        console.close()
+    _print_report(args.report_dir, report)
     return 0
 
 
@@ -105,7 +109,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from prerank import stack
     from replay.command import run_replay
     from replay.exceptions import ReplayInterrupted
-    from replay.report import write_report
+
+    from prerank.console import ReplayConsole
 
     print("starting the local stack (Kafka, Redis, Prometheus on 127.0.0.1) ...")
     for name, seconds in stack.up(settings, with_prometheus=True).items():
@@ -114,20 +119,36 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     if not Path(data).exists():
         print(f"!! no dataset at {data}: replaying SYNTHETIC data (set PRERANK_DATA or --data for real logs)")
         data = None
+    console = ReplayConsole()
     try:
         report = run_replay(
             settings, data, ["cascade", "impressions"], None, args.report_dir, baselines=True,
-            max_requests=args.max_requests, n_candidates=args.candidates, progress=ProgressPrinter(),
+            max_requests=args.max_requests, n_candidates=args.candidates, progress=console,
             l1_sweep=_floats(DEMO_L1_SWEEP), l1_sweep_requests=args.l1_sweep_requests,
         )
     except (ReplayInterrupted, ReplayStalled, KeyboardInterrupt) as stopped:
         return _interrupted(stopped, args.report_dir)
-    print()
-    print(write_report(args.report_dir, report))
-    print(f"\nreport: {args.report_dir / 'report.json'}, {args.report_dir / 'report.md'}")
+    finally:
+        console.close()
+    _print_report(args.report_dir, report)
     print(f"Prometheus: http://{settings.stack.host}:{settings.stack.prometheus_port} (the stack stays up; "
           "`prerank stack down` stops it)")
     return 0
+
+
+def _print_report(report_dir: Path, report: dict) -> None:
+    """The table, what each arm is, and where the files are."""
+    from prerank.console import describe_arms
+    from replay.report import write_report
+
+    table, _, plots = write_report(report_dir, report).partition("\n\nplots: ")
+    print()
+    print(table)
+    print()
+    print(describe_arms(report))
+    print(f"\nreport: {report_dir / 'report.md'} and {report_dir / 'report.json'}")
+    if plots:
+        print(f"plots:  {plots}")
 
 
 def _report(args: argparse.Namespace, settings: Settings) -> int:
@@ -151,30 +172,6 @@ def _interrupted(stopped: BaseException, report_dir: Path) -> int:
     print(f"\n{what}; progress saved. Continue with: prerank replay --resume --report-dir {report_dir}",
           file=sys.stderr if stalled else sys.stdout)
     return 1 if stalled else 130
-
-
-class ProgressPrinter:
-    """One self-overwriting progress line per mode; other events as JSON lines below it."""
-
-    def __init__(self) -> None:
-        self.on_bar = False
-
-    def __call__(self, state: dict) -> None:
-        if "requests" in state and "total" in state:
-            done = state["requests"] / max(1, state["total"])
-            event_time = time.strftime("%m-%d %H:%M", time.gmtime(state["event_time_ms"] / 1000 + 8 * 3600))
-            behind = state.get("behind_schedule_s")
-            print(f"\r[{state.get('mode', '')}] [{'#' * int(done * 20):<20}] {state['requests']}/{state['total']} "
-                  f"requests, {state['impressions']} impressions, {state['requests_per_s']:.1f} req/s, "
-                  f"{state['inflight']} in flight, event time {event_time}"
-                  + (f", {behind:+.0f}s vs schedule" if behind is not None else "") + "   ",
-                  end="", flush=True)
-            self.on_bar = True
-        else:
-            if self.on_bar:
-                print()
-                self.on_bar = False
-            print(json.dumps(state, default=str))
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -260,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    # kafka-python warns when its I/O loop was held up (a busy core, not a misconfiguration).
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     settings = load_settings()
     # A supervisor's SIGTERM (a CI timeout, `kill`) stops a command as Ctrl-C does: requests in
     # flight are drained, progress saved and the workers it started stopped. A worker's Faust

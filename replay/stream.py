@@ -215,7 +215,7 @@ class StreamingReplay:
         total = len(requests)
         requests = [r for r in requests if r.request_id not in done]
         kafka = self.settings.kafka.kafka_python_config()
-        producer = KafkaProducer(**kafka, linger_ms=2, acks=1, max_request_size=8 * 1024 * 1024)
+        producer = KafkaProducer(**kafka, linger_ms=2, max_request_size=8 * 1024 * 1024)
         consumer = KafkaConsumer(**kafka, group_id=None, enable_auto_commit=False,
                                  max_partition_fetch_bytes=8 * 1024 * 1024)
         partitions = [TopicPartition(self.topic("score_responses"), p)
@@ -252,7 +252,7 @@ class StreamingReplay:
                             self._receive(consumer, producer, outstanding)
                     self._send(producer, request, outstanding)
                     maybe_checkpoint()
-                    if index % 50 == 0:
+                    if index % 10 == 0:
                         self._report_progress(index, len(done), total, started, outstanding, request.ts_ms)
             except KeyboardInterrupt:
                 self.interrupted = True
@@ -266,6 +266,8 @@ class StreamingReplay:
                 self.interrupted = True  # the unanswered ones are sent again on resume
             if not self.interrupted:
                 self.counts["timeouts"] += len(outstanding)
+                if requests:  # the bar ends at its total
+                    self._report_progress(len(requests), len(done), total, started, outstanding, requests[-1].ts_ms)
         except KafkaError as error:
             raise ReplayStalled(f"Kafka failed during the replay: {error}") from error
         finally:
