@@ -168,7 +168,9 @@ def test_scorer_keeps_serving_when_a_corrupt_model_version_is_published(stack_se
     assert ask("before").model_version == version
     store = redis_store(stack_settings)
     store.publish(version + 1, pickle.dumps({"not": "safetensors"}), [], _empty_vectors(), {"created_at_ms": 1}, 600)
-    time.sleep(1.5)  # the scorer polls the current version every 0.5 s
+    # The scorer has seen (and refused) the corrupt version before it is asked again.
+    wait_for(lambda: f"model version {version + 1} rejected" in worker.log_path.read_text(errors="replace"),
+             60, "the scorer to reject the corrupt version", [worker])
     answer = ask("after-corrupt-version")
     measure("served_version_after_corrupt_publish", answer.model_version)
     assert answer.error is None and answer.model_version == version and worker.alive()

@@ -32,7 +32,10 @@ KILLS = 3
 def test_trainer_killed_three_times_learns_every_record_exactly_once(stack_settings, tmp_path, measure, cleanup):
     settings = derive(stack_settings, worker={"checkpoint_interval_s": 0.3, "train_batch_requests": 8})
     records = [record_from_sample(s) for s in _samples(1200)]
-    send_all(settings, "training_samples", [(r.user_id.encode(), SAMPLES.encode(r)) for r in records])
+    encoded = [(r.user_id.encode(), SAMPLES.encode(r)) for r in records]
+    # One part of the stream per trainer life, sent when it starts: each kill lands mid-stream at any speed.
+    part = len(encoded) // (KILLS + 1)
+    parts = [encoded[i * part:(i + 1) * part] for i in range(KILLS)] + [encoded[KILLS * part:]]
     checkpoints = settings.worker.checkpoint_dir
 
     def learned() -> int:
@@ -40,6 +43,7 @@ def test_trainer_killed_three_times_learns_every_record_exactly_once(stack_setti
 
     kill_points, recoveries, mid_checkpoint = [], [], 0
     for round_ in range(KILLS + 1):
+        send_all(settings, "training_samples", parts[round_])
         trainer = Worker(settings, "trainer", tmp_path / f"trainer-{round_}.log")
         cleanup.callback(trainer.stop)
         started, before = time.monotonic(), learned()
@@ -48,7 +52,7 @@ def test_trainer_killed_three_times_learns_every_record_exactly_once(stack_setti
             time.sleep(1.5)  # further checkpoints must not count anything twice
             trainer.stop()
             break
-        threshold = (round_ + 1) * len(records) // (KILLS + 2)
+        threshold = round_ * part + part // 3  # a third into this life's part, at least
         wait_for(lambda: learned() > max(before, threshold), 180, f"checkpoint past {threshold}", [trainer])
         recoveries.append(time.monotonic() - started)
         trainer.kill()  # SIGKILL: no shutdown checkpoint
