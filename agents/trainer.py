@@ -173,15 +173,23 @@ class Trainer:
         """One learn step, in the learn thread. The record and sample counters and the learned ids
         move with the model (so a checkpoint of them can never disagree); the offsets move when the
         step is applied."""
-        fresh = [record for record in records if self.state.learned.add(record.request_id)]
+        fresh, step_ids = [], set()
+        for record in records:  # the first copy of a request wins, within a step as across steps
+            if record.request_id not in self.state.learned and record.request_id not in step_ids:
+                step_ids.add(record.request_id)
+                fresh.append(record)
         duplicates = len(records) - len(fresh)
-        self.state.counters["duplicate_records"] += duplicates
         if not fresh:
+            self.state.counters["duplicate_records"] += duplicates
             return {"samples": 0, "duplicates": duplicates}
         samples = [sample_from_record(record) for record in fresh]
         started = time.perf_counter()
         result = {**self.state.learner.learn_many(samples), "samples": sum(s.n_items for s in samples),
                   "duplicates": duplicates}
+        # Only once the step succeeded: a failed step must not mark its requests as learned.
+        for record in fresh:
+            self.state.learned.add(record.request_id)
+        self.state.counters["duplicate_records"] += duplicates
         self.state.counters["records"] += len(fresh)
         self.state.counters["samples"] += result["samples"]
         self.progressive.observe(samples, self.state.learner.last_pair_logits)  # scored before learning

@@ -14,6 +14,7 @@ committed every input offset: a join held only in memory would then lose them al
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -103,8 +104,6 @@ def learned_everything(settings, expected: int):
         latest = settings.worker.checkpoint_dir / "LATEST"
         if counters["records"] < expected or not latest.exists():
             return None
-        import json
-
         offsets = json.loads((settings.worker.checkpoint_dir / latest.read_text().strip() / "offsets.json")
                              .read_text())["offsets"]
         ends = end_offsets(settings, "training_samples")
