@@ -1,4 +1,5 @@
-"""The Ranker contract, run over every model: student, both teachers and the three baselines."""
+"""The Ranker contract, run over every model: the student in each loss mode, both teachers and the
+three baselines."""
 
 from __future__ import annotations
 
@@ -11,23 +12,31 @@ import pytest
 from models.baselines import GlobalCTR, LogisticFTRL, OnlineTree
 from models.features import ItemFeatures, RequestSample, UserFeatures
 from models.learner import StudentLearner
-from models.losses import StudentObjective
+from models.losses import LOSS_MODES, StudentObjective
 from models.protocol import Ranker
 from models.synthetic import SyntheticRequests
 from models.teacher import TeacherConfig, TeacherLearner
 from models.two_tower import TwoTowerConfig
 
+def _student(mode: str, min_count: int = 1):
+    return lambda: StudentLearner(
+        TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=8, min_count=min_count), StudentObjective(mode)
+    )
+
+
 FACTORIES = {
-    "student-cascade": lambda: StudentLearner(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=8, min_count=1)),
-    "student-distill": lambda: StudentLearner(
-        TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=8, min_count=2), StudentObjective("distill")
-    ),
+    "student-cascade": _student("cascade"),
+    "student-distill": _student("distill", min_count=2),
+    "student-impressions": _student("impressions"),
     "teacher-wide-deep": lambda: TeacherLearner(TeacherConfig("wide_deep", embedding_dim=4, hidden_sizes=(8,))),
     "teacher-mmoe": lambda: TeacherLearner(TeacherConfig("mmoe", embedding_dim=4, expert_sizes=(8, 4), tower_hidden=4)),
     "global-ctr": GlobalCTR,
     "logistic-ftrl": LogisticFTRL,
     "online-tree": lambda: OnlineTree(grace_period=20),
 }
+
+
+assert {name.removeprefix("student-") for name in FACTORIES if name.startswith("student-")} == set(LOSS_MODES)
 
 
 @pytest.fixture(params=sorted(FACTORIES))
@@ -129,3 +138,43 @@ def test_scoring_does_not_change_the_model(factory):
     before = model.score(user, items)
     model.score(UserFeatures("other"), [ItemFeatures("other-item", "x", ("y",))])
     np.testing.assert_array_equal(model.score(user, items), before)
+
+
+def check_learning_changes_scores(model) -> None:
+    """Raise ``AssertionError`` unless ``learn_many`` on a few batches moves the probe's scores.
+
+    A model that ignores what it is taught still scores, saves, loads and passes every other check
+    above; this one catches it. The probe's items are among the trained ones (ids ``i0..i9`` are
+    the most popular of the synthetic stream), so every model has learned something about them.
+    """
+    user, items = _probe()
+    before = np.asarray(model.score(user, items), dtype=np.float64).copy()
+    _train(model, _batches())
+    after = np.asarray(model.score(user, items), dtype=np.float64)
+    change = float(np.max(np.abs(after - before)))
+    assert change > 1e-6, f"{type(model).__name__}: learning left the scores unchanged (max change {change:g})"
+
+
+def test_learning_changes_the_scores(factory):
+    check_learning_changes_scores(factory())
+
+
+class DoesNotLearn:
+    """A model whose ``learn_many`` does nothing: scores, reports a loss and learns nothing."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def learn_many(self, samples):
+        return {"loss": 0.0}
+
+    def score(self, user, items):
+        return self.model.score(user, items)
+
+
+def test_the_learning_check_rejects_a_model_that_does_not_learn(factory):
+    model = factory()
+    frozen = DoesNotLearn(model)
+    with pytest.raises(AssertionError, match="learning left the scores unchanged"):
+        check_learning_changes_scores(frozen)
+    check_learning_changes_scores(model)  # the same model, learning: accepted
