@@ -2,8 +2,9 @@
 
 A checkpoint is a folder ``ckpt-{seq}`` holding the learner's own files and ``offsets.json``
 (the next offset to read per partition, plus counters). The file ``LATEST`` names the newest
-complete folder and is replaced atomically (write + ``os.replace``) only after the folder is
-fully written, so a crash mid-save leaves the previous checkpoint in force.
+complete folder and is replaced atomically (write, fsync, ``os.replace``, fsync of the root) only
+after the folder's files and the folder are fsynced, so a crash mid-save leaves the previous
+checkpoint in force; old folders are pruned only after the flip is durable.
 
 >>> import tempfile, pathlib
 >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -57,10 +58,12 @@ class CheckpointDir:
         folder.mkdir()
         write_model(folder)
         (folder / "offsets.json").write_text(json.dumps({"offsets": offsets, "counters": counters}))
-        _fsync_dir(folder)
+        _fsync_tree(folder)  # the folder's files and their names are on disk before LATEST names it
         tmp = self.root / "LATEST.tmp"
         tmp.write_text(folder.name)
+        _fsync(tmp)  # else a crash can leave LATEST renamed but empty
         os.replace(tmp, self.root / "LATEST")
+        _fsync(self.root)  # the flip is on disk before pruning deletes the folder it replaced
         self._prune()
         return folder
 
@@ -70,7 +73,17 @@ class CheckpointDir:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _fsync_dir(folder: Path) -> None:
-    for path in folder.iterdir():
-        with path.open("rb") as handle:
-            os.fsync(handle.fileno())
+def _fsync(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes the names in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Every file and sub-folder under ``folder``, then ``folder`` itself."""
+    for path in sorted(folder.rglob("*"), reverse=True):  # children before their folder
+        _fsync(path)
+    _fsync(folder)
