@@ -1,0 +1,194 @@
+"""The publisher against a real Redis (the local stack's, under a fresh key prefix): what a publish
+writes, the flip of ``current`` after everything else, evicted items deleted, versions expiring."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import numpy as np
+import pytest
+import redis
+
+from agents.publishing import Publisher
+from agents.store import ModelStore
+from models.export import export_bytes, load_student_bytes
+from models.learner import StudentLearner
+from models.synthetic import SyntheticRequests
+from models.two_tower import TwoTowerConfig
+from tests.conftest import need_service
+
+pytestmark = pytest.mark.integration
+
+TTL_S = 120
+
+
+@pytest.fixture()
+def client(base_settings):
+    need_service("Redis", base_settings.stack.host, base_settings.stack.redis_port)
+    real = redis.Redis.from_url(base_settings.redis.url, **base_settings.redis.client_kwargs())
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    yield real, prefix
+    keys = list(real.scan_iter(f"{prefix}:*"))
+    if keys:
+        real.delete(*keys)
+    real.close()
+
+
+@pytest.fixture(scope="module")
+def learner_and_items():
+    stream = SyntheticRequests(seed=11, n_users=40, n_items=60, items_per_request=6)
+    learner = StudentLearner(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1))
+    batch = stream.batch(10)
+    learner.learn_many(batch)
+    items = list({item.item_id: item for sample in batch for item in sample.items}.values())
+    return learner, items
+
+
+def make_publisher(client, prefix, **overrides) -> Publisher:
+    options = dict(hot_items=1000, dtype="float16", ttl_s=TTL_S, chunk=4)
+    options.update(overrides)
+    return Publisher(ModelStore(client, prefix), lambda learner: export_bytes(learner, prune=True), **options)
+
+
+def version_keys(client, prefix, version) -> set[str]:
+    return {key.decode() for key in client.scan_iter(f"{prefix}:v{version}:*")}
+
+
+def vector_ids(client, prefix, version) -> set[str]:
+    marker = f"{prefix}:v{version}:vec:"
+    return {key[len(marker):] for key in version_keys(client, prefix, version) if key.startswith(marker)}
+
+
+def test_a_publish_writes_weights_vectors_and_meta_then_points_current_at_them(client, learner_and_items):
+    real, prefix = client
+    learner, items = learner_and_items
+    publisher = make_publisher(real, prefix)
+    publisher.hot.observe(items, now_s=0.0)
+    meta = publisher.publish(learner, samples_learned=123, extra_meta={"mode": "cascade"})
+
+    store = ModelStore(real, prefix)
+    assert meta["version"] == publisher.version == store.current_version() == 1
+    assert store.live_versions() == [1]
+    # the weights are the learner's export (safetensors headers are not byte-stable: compare what loads)
+    weights = store.weights(1)
+    assert meta["weights_bytes"] == len(weights)
+    np.testing.assert_array_equal(load_student_bytes(weights).item_vectors(items), learner.item_vectors(items))
+    stored_meta = store.meta(1)
+    assert stored_meta == {k: v for k, v in meta.items() if k not in ("publish_s", "deleted")}
+    assert (stored_meta["n_items"], stored_meta["dim"], stored_meta["dtype"]) == (len(items), 6, "float16")
+    assert (stored_meta["samples_learned"], stored_meta["mode"]) == (123, "cascade")
+    # one vector per hot item (written in chunks of 4), each the learner's item vector in float16
+    assert vector_ids(real, prefix, 1) == {item.item_id for item in items}
+    found, rows = store.vector_rows(1, [item.item_id for item in items], "float16")
+    assert found.all()
+    np.testing.assert_array_equal(rows, learner.item_vectors(items).astype(np.float16).astype(np.float32))
+    # every key of the version expires within the TTL; the pointer and the version set do not
+    for key in version_keys(real, prefix, 1):
+        assert 0 < real.ttl(key) <= TTL_S, key
+    assert real.ttl(f"{prefix}:current") == -1
+
+
+class Watched:
+    """A Redis client whose pipelines check, just before the one that sets ``current`` executes,
+    that the version it names is completely written and ``current`` still names the old one."""
+
+    def __init__(self, real, on_flip) -> None:
+        self.real, self.on_flip = real, on_flip
+
+    def __getattr__(self, name):
+        if name == "set":
+            raise AssertionError("current must be flipped in a pipeline, with the version set")
+        return getattr(self.real, name)
+
+    def pipeline(self, transaction=True):
+        return WatchedPipeline(self.real.pipeline(transaction=transaction), self, transaction)
+
+
+class WatchedPipeline:
+    def __init__(self, pipe, owner: Watched, transaction: bool) -> None:
+        self.pipe, self.owner, self.transaction, self.keys = pipe, owner, transaction, []
+
+    def __getattr__(self, name):
+        method = getattr(self.pipe, name)
+
+        def record(*args, **kwargs):
+            key = args[1] if name == "execute_command" else args[0] if args else None
+            self.keys.append(key)
+            return method(*args, **kwargs)
+        return record
+
+    def execute(self):
+        if any(isinstance(key, str) and key.endswith(":current") for key in self.keys):
+            self.owner.on_flip(self.transaction, self.keys)
+        self.keys = []
+        return self.pipe.execute()
+
+
+def test_current_flips_only_after_the_whole_version_is_written(client, learner_and_items):
+    real, prefix = client
+    learner, items = learner_and_items
+    flips: list[int] = []
+    store = ModelStore(real, prefix)
+
+    def on_flip(transaction, keys):
+        version = len(flips) + 1
+        assert transaction, "the flip and the version set change together (MULTI/EXEC)"
+        assert store.current_version() == (version - 1 or None)  # the old version still serves
+        assert store.meta(version) is not None and store.weights(version) is not None
+        assert vector_ids(real, prefix, version) == {item.item_id for item in items}
+        assert keys == [f"{prefix}:current", f"{prefix}:versions"]  # nothing else rides on the flip
+        if version > 1:  # the version being replaced is still whole while it serves
+            assert vector_ids(real, prefix, version - 1) == {item.item_id for item in items}
+        flips.append(version)
+
+    publisher = Publisher(ModelStore(Watched(real, on_flip), prefix), lambda m: export_bytes(m, prune=True),
+                          hot_items=1000, dtype="float32", ttl_s=TTL_S, chunk=5)
+    publisher.hot.observe(items, now_s=0.0)
+    for expected in (1, 2, 3):
+        assert publisher.publish(learner, samples_learned=expected)["version"] == expected
+        assert store.current_version() == expected
+    assert flips == [1, 2, 3] and store.live_versions() == [1, 2, 3]
+
+
+def test_evicted_items_are_deleted_from_every_live_version_and_not_republished(client, learner_and_items):
+    real, prefix = client
+    learner, items = learner_and_items
+    publisher = make_publisher(real, prefix)
+    publisher.hot.observe(items, now_s=0.0)
+    publisher.publish(learner, samples_learned=1)
+    publisher.publish(learner, samples_learned=2)
+    evicted = [items[0].item_id, items[3].item_id, "never-published"]
+    meta = publisher.publish(learner, samples_learned=3, evicted=evicted)
+
+    kept = {item.item_id for item in items} - set(evicted)
+    assert meta["deleted"] == 3 and meta["n_items"] == len(kept)
+    for version in (1, 2, 3):  # no scorer can read an evicted item's stale vector from any version
+        assert vector_ids(real, prefix, version) == kept, version
+    assert {item.item_id for item in publisher.hot.top()} == kept
+    # seen again later, the item is hot again and published in the next version
+    publisher.hot.observe([items[0]], now_s=1.0)
+    publisher.publish(learner, samples_learned=4)
+    assert vector_ids(real, prefix, 4) == kept | {items[0].item_id}
+
+
+def test_an_expired_version_disappears_and_leaves_the_version_set(client, learner_and_items):
+    real, prefix = client
+    learner, items = learner_and_items
+    publisher = make_publisher(real, prefix, ttl_s=1)
+    publisher.hot.observe(items, now_s=0.0)
+    publisher.publish(learner, samples_learned=1)
+    store = ModelStore(real, prefix)
+    assert store.live_versions() == [1] and version_keys(real, prefix, 1)
+
+    deadline = time.monotonic() + 10  # Redis expires the keys after the 1 s TTL
+    while version_keys(real, prefix, 1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not version_keys(real, prefix, 1), "version 1 did not expire"
+    assert store.live_versions() == [1]  # nothing has noticed yet
+
+    publisher.ttl_s = TTL_S
+    publisher.publish(learner, samples_learned=2)
+    assert store.live_versions() == [2] and store.current_version() == 2  # the next publish forgets it
+    assert store.meta(2)["samples_learned"] == 2 and store.meta(1) is None
