@@ -41,9 +41,21 @@ def test_short_replay_through_the_agents_writes_a_report(stack_settings, tmp_pat
     accounted = counts["joiner_records"] + counts["joiner_orphan"]
     assert accounted == counts["answered"] or (accounted < counts["answered"] and counts["joiner_late"] > 0)
     assert cascade["model_versions_seen"] >= 2  # the scorer switched versions during the replay
-    assert 0.0 <= cascade["auc_click"] <= 1.0 and 0.0 <= cascade["consistency_recall_at_200"] <= 1.0
+    # Better than chance on the same candidates: scored at random, each of the fine ranker's top 10
+    # of the 200 candidates lands in the top 50 with probability 50/200, so random recall@50 is 0.25
+    # on average (sd about 0.13 / sqrt(audited requests)); twice that is > 4 sd over 5+ requests.
+    # The cascade student is trained on exactly those top 10 (runs so far: 0.75 .. 0.82).
+    chance_at_50 = 50 / 200  # k / n_candidates of the call above
+    assert cascade["consistency_requests"] >= 5
+    assert cascade["consistency_recall_at_50"] >= 2 * chance_at_50, cascade["consistency_recall_at_50"]
+    assert cascade["consistency_recall_at_200"] == 1.0  # the top 200 of 200 candidates hold everything
     assert cascade["consistency_recall_at_50"] <= cascade["consistency_recall_at_200"]
-    assert 0.0 <= cascade["zero_row_ratio"] <= 1.0 and not math.isnan(cascade["export_size_reduction"])
+    # ~150 evaluated exposures of a synthetic log guarantee no click AUC margin over 0.5 (0.47 .. 0.62
+    # in runs so far): only that it was computed
+    assert math.isfinite(cascade["auc_click"])
+    # FTRL's l1 (0.5) leaves admitted rows all-zero on this short stream, the pruned export drops them,
+    # and a student that ranks better than chance has non-zero rows
+    assert 0.0 < cascade["zero_row_ratio"] < 1.0 and cascade["export_size_reduction"] > 0.0
     for name in ("global_ctr", "logistic_ftrl", "online_tree"):
         assert on_disk[name]["requests"] == cascade["requests"]  # same requests, side by side
     table = write_report(tmp_path)
