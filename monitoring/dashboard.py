@@ -138,7 +138,11 @@ ROWS = (
         Panel("Joiner: late, orphan, duplicate", "short", (
             Query(f"sum by (event) (rate(prerank_joiner_events_total{_RATE}))", "{{event}}"),
             Query(f"sum(rate(prerank_joiner_records_total{_RATE}))", "records"),
-        )),
+            Query(f"sum(rate(prerank_trainer_duplicate_records_total{_RATE}))", "dropped by the trainer as seen"),
+        ), description="The join is at least once: a record repeated after a crash is dropped by the trainer."),
+        Panel("Joiner: open windows", "short", (
+            Query("sum(prerank_joiner_pending_requests)", "requests waiting for their window to close"),
+        ), description="Kept in changelogged tables: a restarted worker resumes them."),
     )),
 )
 
