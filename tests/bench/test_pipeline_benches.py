@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import need_service
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,9 +31,11 @@ def stack(base_settings):
 
 def run_bench(module: str, tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "result.json"
+    # A deadline, not a speed claim: a quick bench takes ~40 s alone, several times that on a
+    # machine shared with other work.
     done = subprocess.run(
         [sys.executable, "-m", module, "--quick", "--json", str(out), *args],
-        cwd=REPO, capture_output=True, text=True, timeout=200,
+        cwd=REPO, capture_output=True, text=True, timeout=540,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
