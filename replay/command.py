@@ -167,8 +167,9 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
         try:
             result = replay.run(streamed, checkpoint=lambda: replay.save(mode_dir))
         except ReplayInterrupted:
-            # What is in flight reaches the trainer's checkpoint before the workers stop (the
-            # joiner holds open joins in memory); a second Ctrl-C skips the wait.
+            # What is in flight reaches the trainer's checkpoint before the workers stop (open
+            # joins would survive in the joiner's tables, but the saved progress counts only what
+            # was learned); a second Ctrl-C or SIGTERM skips the wait.
             try:
                 wait_until_learned(store, len(replay.completed), timeout_s=60, quiet_s=4.0)
             except KeyboardInterrupt:
