@@ -51,6 +51,19 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
+def process_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an exited child nobody has waited for).
+
+    >>> process_running(os.getpid())
+    True
+    """
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 @dataclass(frozen=True)
 class Service:
     """One process of the stack: how to prepare, start and probe it."""
@@ -131,10 +144,17 @@ class Service:
 
     def wait_ready(self, timeout_s: float) -> float:
         started = time.monotonic()
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            pid = None
         while time.monotonic() - started < timeout_s:
             if self.ready():
                 return time.monotonic() - started
-            if self.pid() is None:
+            # The pid read once, then only whether that process still runs: the working-directory
+            # check of pid() guards against stale pid files, not a process we have just started
+            # (CI once saw it fail for a broker that had just been started and went on to run).
+            if pid is None or not process_running(pid):
                 raise ServiceStartError(f"{self.name} exited during start; see {self.log_file}")
             time.sleep(0.25)
         raise ServiceStartError(f"{self.name} not ready after {timeout_s:.0f}s; see {self.log_file}")
