@@ -201,12 +201,16 @@ def test_trainer_drops_repeated_records_and_keeps_their_ids_across_a_kill(small_
         if k >= 40:
             stream.append(records[k - 40])
     stream += records[-40:]
-    send_all(settings, "training_samples", [(r.user_id.encode(), SAMPLES.encode(r)) for r in stream])
+    encoded = [(r.user_id.encode(), SAMPLES.encode(r)) for r in stream]
+    # The second half is held back until the first trainer is dead: the kill is mid-stream at any speed.
+    half = len(encoded) // 2
+    send_all(settings, "training_samples", encoded[:half])
     trainer = Worker(settings, "trainer", tmp_path / "trainer-0.log")
     cleanup.callback(trainer.stop)
     wait_for(lambda: checkpoint_counters(settings)["records"] > 100, 180, "a checkpoint past 100 records", [trainer])
     trainer.kill()
     killed_at = checkpoint_counters(settings)["records"]
+    send_all(settings, "training_samples", encoded[half:])
     trainer = Worker(settings, "trainer", tmp_path / "trainer-1.log")
     cleanup.callback(trainer.stop)
     counters = wait_for(learned_everything(settings, len(records)), 180, "every record learned", [trainer])
