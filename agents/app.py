@@ -8,54 +8,20 @@ exception inside Faust's deserialiser.
 from __future__ import annotations
 
 import logging
-import ssl
 from dataclasses import dataclass, field
 
 import faust
 from prometheus_client import CollectorRegistry
 
-from prerank.settings import KafkaSettings, Settings
-from streams import dead_letters, impressions, item_catalog, model_versions, rank_scores
-from streams import score_requests, score_responses, training_samples, user_profiles
+from core.kafka import faust_brokers, faust_credentials
+from core.settings import Settings
+from streams import dead_letters
 from streams.base import Codec, Record
 from streams.dead_letters import DeadLetter
 from streams.exceptions import RecordError
+from streams.registry import TOPIC_MODULES
 
 log = logging.getLogger(__name__)
-
-TOPIC_MODULES = {
-    "item_catalog": item_catalog,
-    "user_profiles": user_profiles,
-    "score_requests": score_requests,
-    "score_responses": score_responses,
-    "rank_scores": rank_scores,
-    "impressions": impressions,
-    "training_samples": training_samples,
-    "model_versions": model_versions,
-    "dead_letters": dead_letters,
-}
-
-
-def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
-    """The TLS context for SSL and SASL_SSL listeners (None for plaintext)."""
-    if kafka.security_protocol not in ("SSL", "SASL_SSL"):
-        return None
-    context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
-    if kafka.ssl_certfile:
-        context.load_cert_chain(str(kafka.ssl_certfile), str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None)
-    return context
-
-
-def broker_credentials(kafka: KafkaSettings):
-    """Faust/aiokafka credentials from the same settings kafka-python uses."""
-    context = ssl_context(kafka)
-    if kafka.sasl_mechanism:
-        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
-        return faust.SASLCredentials(
-            username=kafka.sasl_username, password=password, ssl_context=context,
-            mechanism=kafka.sasl_mechanism,
-        )
-    return context
 
 
 def create_faust_app(
@@ -65,8 +31,8 @@ def create_faust_app(
     worker.data_dir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         app_id or worker.app_id,
-        broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
-        broker_credentials=broker_credentials(settings.kafka),
+        broker=faust_brokers(settings.kafka),
+        broker_credentials=faust_credentials(settings.kafka),
         store=worker.store,
         datadir=str(worker.data_dir),
         web_host=worker.web_host,

@@ -4,7 +4,7 @@ Every input of the joiner (rank-scores, impressions) is keyed by user id with th
 count, so Faust's assignor gives partition p of both topics to one worker, and partition p of
 each table's changelog holds exactly p's join state: a restarted or newly assigned worker
 recovers it before its streams resume and :class:`JoinTables` rebuilds p's
-:class:`~agents.labels.LabelJoin` from it (watermark included, kept per partition).
+:class:`~funnel.labels.LabelJoin` from it (watermark included, kept per partition).
 
 **Writing outside a stream event.** ``table[key] = value`` takes the changelog partition from the
 current event (``Table.on_key_set`` -> ``partition_for_key`` -> ``current_event()``) and raises
@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, MutableMapping
 
-from agents.labels import JoinConfig, LabelJoin
+from funnel.labels import JoinConfig, LabelJoin
 
 log = logging.getLogger(__name__)
 

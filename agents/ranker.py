@@ -15,13 +15,12 @@ from collections import deque
 import numpy as np
 
 from agents.app import Runtime
-from agents.convert import user_from_snapshot
-from agents.serving import redis_client
-from agents.store import ModelStore
+from core.errors import PrerankError
+from funnel.convert import user_from_snapshot
+from funnel.store import open_store
 from models.features import ItemFeatures
 from models.losses import combine
 from monitoring.metrics import PrerankMetrics
-from prerank.exceptions import PrerankError
 from streams import rank_scores, score_responses
 from streams.rank_scores import RankScores
 from streams.score_responses import ScoreResponse
@@ -75,7 +74,7 @@ def install(runtime: Runtime, metrics: PrerankMetrics, serving=None):
     if path is None or not path.exists():
         raise PrerankError(f"the fine ranker needs a teacher model file; set PRERANK_WORKER__TEACHER_PATH (got {path})")
     teacher = TeacherLearner.load(path)
-    store = serving.store if serving is not None else ModelStore(redis_client(settings), settings.redis.key_prefix)
+    store = serving.store if serving is not None else open_store(settings.redis)
     catalog: dict[str, ItemFeatures] = serving.catalog if serving is not None else {}
 
     def features(item_ids: list[str]) -> list[ItemFeatures]:

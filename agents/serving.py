@@ -13,22 +13,34 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import redis
 from faust import web as faust_web
 from pydantic import ValidationError
 
 from agents.app import Runtime
-from agents.convert import item_from_catalog, profile_fields, record_from_sample, snapshot_from_user
-from agents.convert import user_from_snapshot
-from agents.history import HistoryConfig, UserHistory, local_hour_and_weekday
 from agents.join_tables import JoinTables, check_store
-from agents.labels import JoinConfig, LabelConfig, LabelJoin, build_request_sample
-from agents.scoring import Scorer
-from agents.store import ModelStore
+from core.redis import RedisUnavailable
+from funnel.convert import (
+    item_from_catalog,
+    profile_fields,
+    record_from_sample,
+    snapshot_from_user,
+    user_from_snapshot,
+)
+from funnel.history import HistoryConfig, UserHistory, local_hour_and_weekday
+from funnel.labels import JoinConfig, LabelConfig, LabelJoin, build_request_sample
+from funnel.scoring import Scorer
+from funnel.store import ModelStore, open_store
 from models.features import ItemFeatures
 from monitoring.metrics import PrerankMetrics
-from streams import impressions, item_catalog, rank_scores, score_requests, score_responses
-from streams import training_samples, user_profiles
+from streams import (
+    impressions,
+    item_catalog,
+    rank_scores,
+    score_requests,
+    score_responses,
+    training_samples,
+    user_profiles,
+)
 from streams.exceptions import RecordError
 from streams.score_requests import ScoreRequest
 from streams.score_responses import ScoreResponse
@@ -40,10 +52,6 @@ MAX_HTTP_BODY = 1024 * 1024
 # The join's own counters, by the metric event they are reported as (far-future events count as late).
 JOIN_COUNTERS = {"late": ("late_", "future_"), "duplicate": ("duplicate_",), "orphan": ("orphan_requests",)}
 UNRANKED_IDLE_FLUSH_S = 30.0
-
-
-def redis_client(settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
 
 
 @dataclass
@@ -64,7 +72,7 @@ class Serving:
                 for item_id, found in zip(missing, self.store.items(missing)):
                     if found is not None:
                         self.catalog[item_id] = found
-            except redis.RedisError as exc:
+            except RedisUnavailable as exc:
                 log.warning("catalog lookup failed: %s", exc)
         return [self.catalog.get(item) or ItemFeatures(item) for item in item_ids]
 
@@ -76,7 +84,7 @@ async def with_retries(write, what: str, first_delay_s: float = 0.2, max_delay_s
         try:
             write()
             return
-        except redis.RedisError as exc:
+        except RedisUnavailable as exc:
             log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay_s)
@@ -85,7 +93,7 @@ async def with_retries(write, what: str, first_delay_s: float = 0.2, max_delay_s
 def install(runtime: Runtime, metrics: PrerankMetrics, agents: set[str]) -> Serving:
     settings = runtime.settings
     app = runtime.app
-    serving = Serving(runtime, metrics, ModelStore(redis_client(settings), settings.redis.key_prefix))
+    serving = Serving(runtime, metrics, open_store(settings.redis))
     history = app.Table("user-history", default=None, partitions=settings.topics.partitions)
     profiles = app.Table("user-profiles", default=None, partitions=settings.topics.partitions)
 

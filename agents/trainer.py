@@ -6,7 +6,7 @@ optimiser state and the next offset of every partition are saved together, and o
 consumer seeks to the checkpoint's offsets. A crash therefore replays exactly the records
 learned after the last checkpoint, into a model that has not seen them: no loss, no double count.
 The joiner emits at least once, so the same request may arrive twice: the trainer drops a record
-whose request id it learned recently (``agents/dedupe.py``; the ids are saved in the same
+whose request id it learned recently (``funnel/dedupe.py``; the ids are saved in the same
 checkpoint), which makes every request reach the model exactly once.
 
 One trainer owns every partition of ``training-samples`` (sharding plan: docs/scaling.md).
@@ -18,87 +18,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from redis.exceptions import RedisError
 
-from agents.app import Runtime, ssl_context
-from agents.checkpoint import CheckpointDir
-from agents.dedupe import RecentIds
-from agents.convert import sample_from_record
-from agents.publishing import Publisher
-from agents.serving import redis_client
-from agents.store import ModelStore
+from agents.app import Runtime
+from core.kafka import aiokafka_options, kafka_python_options
+from core.redis import RedisUnavailable
+from funnel.checkpoint import CheckpointDir
+from funnel.convert import sample_from_record
+from funnel.dedupe import RecentIds
+from funnel.publishing import Publisher
+from funnel.store import open_store
+from funnel.training import MODEL_FILE, ProgressiveAUC, new_learner
+from models.embedding import zero_row_ratio
 from models.export import export_bytes
-from models.ftrl import FTRLConfig
 from models.learner import StudentLearner
-from models.losses import StudentObjective
-from models.two_tower import TwoTowerConfig
 from monitoring.lag import consumer_lag, record_consumer_lag
 from monitoring.metrics import PrerankMetrics
-from prerank.settings import Settings
-from replay.metrics import auc
 from streams import training_samples
 from streams.exceptions import RecordError
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "student.safetensors"
 LEARNED_IDS_FILE = "learned-request-ids.json"
 LAG_INTERVAL_S = 5.0
-
-
-def new_learner(settings: Settings) -> StudentLearner:
-    model = settings.model
-    config = TwoTowerConfig(
-        embedding_dim=model.embedding_dim, hidden_sizes=(model.hidden_dim, model.hidden_dim),
-        output_dim=model.output_dim, min_count=model.min_count, seed=model.seed,
-    )
-    return StudentLearner(config, objective=StudentObjective(mode=model.mode), ftrl=FTRLConfig(l1=model.ftrl_l1))
-
-
-def _zero_ratio(masks) -> float:
-    """Share of all-zero rows over the given tables' masks (0.0 when empty), as
-    :meth:`TwoTowerStudent.zero_row_ratio` and :meth:`EmbeddingTable.zero_row_ratio` compute it.
-
-    >>> _zero_ratio([np.array([True, False]), np.array([True])]), _zero_ratio([np.zeros(0, dtype=bool)])
-    (0.6666666666666666, 0.0)
-    """
-    masks = list(masks)
-    total = sum(mask.size for mask in masks)
-    return sum(int(mask.sum()) for mask in masks) / total if total else 0.0
-
-
-class ProgressiveAUC:
-    """Exact AUC of the student on exposed items, scored before it learns them, over a window."""
-
-    LABELS = ("click", "long_view")
-
-    def __init__(self, window: int = 5000) -> None:
-        self.pairs = {label: deque(maxlen=window) for label in self.LABELS}
-
-    def observe(self, samples, pair_logits) -> None:
-        """``pair_logits``: the learner's pre-update logits, one per (sample, item), in order."""
-        offset = 0
-        for sample in samples:
-            for i, shown in enumerate(sample.exposed()):
-                if shown:
-                    score = float(pair_logits[offset + i])
-                    for label in self.LABELS:
-                        self.pairs[label].append((getattr(sample, label)[i], score))
-            offset += sample.n_items
-
-    def aucs(self) -> dict[str, float]:
-        out = {}
-        for label, pairs in self.pairs.items():
-            labels = [y for y, _ in pairs]
-            if 0 < sum(labels) < len(labels):
-                out[label] = auc(labels, [s for _, s in pairs])
-        return out
 
 
 @dataclass
@@ -134,7 +79,7 @@ class Trainer:
         worker = self.settings.worker
         self.publisher = None
         if publish:
-            store = ModelStore(redis_client(self.settings), self.settings.redis.key_prefix)
+            store = open_store(self.settings.redis)
             self.publisher = Publisher(store, lambda learner: export_bytes(learner, prune=True),
                                        hot_items=worker.hot_items, dtype=worker.vector_dtype,
                                        ttl_s=worker.version_ttl_s)
@@ -204,7 +149,7 @@ class Trainer:
         # gauges (each mask is a scan of the table).
         zero_masks = {name: table.zero_rows_mask()[1] for name, table in learner.student.tables.items()}
         extra = {
-            "zero_row_ratio": _zero_ratio(zero_masks.values()),
+            "zero_row_ratio": zero_row_ratio(zero_masks.values()),
             "weights_bytes_unpruned": len(export_bytes(learner, prune=False)),
             "records_learned": self.state.counters["records"],
         }
@@ -227,20 +172,15 @@ class Trainer:
             self.metrics.embedding_admissions_total.labels(table=name).inc(max(0, rows - self._rows_seen.get(name, 0)))
             self._rows_seen[name] = rows
             self.metrics.embedding_rows.labels(table=name).set(rows)
-            self.metrics.embedding_zero_rows_ratio.labels(table=name).set(_zero_ratio([zero_masks[name]]))
+            self.metrics.embedding_zero_rows_ratio.labels(table=name).set(zero_row_ratio([zero_masks[name]]))
         self.metrics.embedding_evictions_total.labels(table="item").inc(meta["deleted"])
         for label, value in self.progressive.aucs().items():
             self.metrics.set_progressive_auc(label, value)
 
     async def run(self) -> None:
-        kafka = self.settings.kafka
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False,
+            **aiokafka_options(self.settings.kafka), enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024,
-            security_protocol=kafka.security_protocol, sasl_mechanism=kafka.sasl_mechanism or "PLAIN",
-            sasl_plain_username=kafka.sasl_username,
-            sasl_plain_password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
-            ssl_context=ssl_context(kafka),
         )
         await consumer.start()
         loop = asyncio.get_running_loop()
@@ -325,7 +265,7 @@ class Trainer:
     def _partitions(self) -> list[int]:
         from kafka.admin import KafkaAdminClient
 
-        admin = KafkaAdminClient(**self.settings.kafka.kafka_python_config(), client_id="prerank-trainer")
+        admin = KafkaAdminClient(**kafka_python_options(self.settings.kafka), client_id="prerank-trainer")
         try:
             described = admin.describe_topics([self.topic])
         finally:
@@ -354,7 +294,7 @@ class Trainer:
                     return await self._maybe_checkpoint(loop)
                 await loop.run_in_executor(self.executor, self.publish)
                 self._published_samples = learned
-            except (RedisError, OSError) as exc:  # the next interval retries; training goes on
+            except (RedisUnavailable, OSError) as exc:  # the next interval retries; training goes on
                 log.warning("publish failed, will retry: %s", exc)
         await self._maybe_checkpoint(loop)
 

@@ -14,10 +14,10 @@ import sys
 from prometheus_client import REGISTRY
 
 from agents.app import create_runtime
+from core.errors import PrerankError
+from core.settings import Settings
 from monitoring.metrics import metrics_from_default_registry
 from monitoring.server import serve_metrics
-from prerank.exceptions import PrerankError
-from prerank.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def run_worker(settings: Settings, agents: list[str], extra: list[str] | None = 
     chosen = plan(agents)
     watch = None
     if parent_pid is not None:
-        from prerank.parent_watch import ParentWatch
+        from core.parent_watch import ParentWatch
 
         watch = ParentWatch(parent_pid)
         if not watch.parent_alive():

@@ -26,11 +26,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from prerank.exceptions import PrerankError
-from prerank.ports import free_port
-from prerank.processes import Worker, settings_env  # noqa: F401 - settings_env re-exported
-from prerank.settings import Settings
-from prerank.stack import port_open
+from core.errors import PrerankError
+from core.kafka import kafka_python_options
+from core.ports import free_port, port_open
+from core.processes import Worker, settings_env  # noqa: F401 - settings_env re-exported
+from core.settings import Settings
 
 T = TypeVar("T")
 
@@ -79,7 +79,7 @@ def private_stack(base: Settings, label: str, **worker_changes: Any) -> Iterator
     )
     from streams.registry import create_topics
 
-    create_topics(settings.kafka.kafka_python_config(), settings.topics)
+    create_topics(kafka_python_options(settings.kafka), settings.topics)
     try:
         yield settings
     finally:
@@ -92,7 +92,7 @@ def _delete_topics(settings: Settings) -> None:
     from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    admin = KafkaAdminClient(**settings.kafka.kafka_python_config(), client_id="prerank-bench")
+    admin = KafkaAdminClient(**kafka_python_options(settings.kafka), client_id="prerank-bench")
     try:
         mine = [name for name in admin.list_topics() if name.startswith(settings.topics.prefix)
                 or name.startswith(settings.worker.app_id)]
@@ -105,9 +105,9 @@ def _delete_topics(settings: Settings) -> None:
 
 
 def _delete_redis_keys(settings: Settings) -> None:
-    from agents.serving import redis_client
+    from core.redis import redis_client
 
-    client = redis_client(settings)
+    client = redis_client(settings.redis)
     keys = list(client.scan_iter(match=f"{settings.redis.key_prefix}:*", count=1000))
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start:start + 1000])
@@ -115,7 +115,7 @@ def _delete_redis_keys(settings: Settings) -> None:
 
 
 class WorkerProcess(Worker):
-    """A ``prerank worker`` child process (:class:`prerank.processes.Worker`) that benches check."""
+    """A ``prerank worker`` child process (:class:`core.processes.Worker`) that benches check."""
 
     def check(self) -> None:
         """Raise :class:`BenchError` with the log tail if the worker has died."""

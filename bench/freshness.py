@@ -31,8 +31,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.common import BenchError, emit, environment, private_stack, running_workers, summarize, wait_until
-from prerank.settings import Settings, load_settings
+from bench.common import (
+    BenchError,
+    emit,
+    environment,
+    private_stack,
+    running_workers,
+    summarize,
+    wait_until,
+)
+from core.kafka import kafka_python_options
+from core.settings import Settings, load_settings
+from funnel.store import open_store
 
 TARGET_P95_S = 5.0
 POLL_S = 0.01
@@ -69,7 +79,7 @@ class Events:
     """Builds the records the bench produces; all items are bare ids from a fixed pool plus new ones."""
 
     def __init__(self, settings: Settings, config: FreshnessConfig, run: str) -> None:
-        from agents.app import TOPIC_MODULES
+        from streams.registry import TOPIC_MODULES
 
         self.config = config
         self.run = run
@@ -105,7 +115,7 @@ class Events:
         return out
 
     def training_sample(self, request_id: str, user_id: str, ts_ms: int, first_item: str):
-        from agents.convert import record_from_sample
+        from funnel.convert import record_from_sample
         from models.features import ItemFeatures, RequestSample, UserFeatures
         from streams import training_samples
 
@@ -166,7 +176,7 @@ def record_times_ms(settings: Settings, topic: str, request_ids: set[str]) -> di
 
     from streams import training_samples
 
-    consumer = KafkaConsumer(**settings.kafka.kafka_python_config(), enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(**kafka_python_options(settings.kafka), enable_auto_commit=False, group_id=None)
     found: dict[str, int] = {}
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
@@ -186,15 +196,13 @@ def record_times_ms(settings: Settings, topic: str, request_ids: set[str]) -> di
 
 
 def measure(settings: Settings, config: FreshnessConfig, folder: Path) -> dict:
-    from agents.serving import redis_client
-    from agents.store import ModelStore
     from kafka import KafkaProducer
 
     run = settings.redis.key_prefix
     events = Events(settings, config, run)
-    store = ModelStore(redis_client(settings), settings.redis.key_prefix)
+    store = open_store(settings.redis)
     dtype = settings.worker.vector_dtype
-    producer = KafkaProducer(**settings.kafka.kafka_python_config(), acks="all", linger_ms=0)
+    producer = KafkaProducer(**kafka_python_options(settings.kafka), acks="all", linger_ms=0)
     background = Background(producer, events, config.background_rps)
     probes: list[Probe] = []
     missed = {"impressions": 0, "training_samples": 0}

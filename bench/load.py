@@ -31,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from prerank.ports import free_port
+from core.kafka import kafka_python_options
+from core.ports import free_port
+from funnel.store import open_store
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,7 @@ def isolated_settings(base, folder: Path):
 
 def publish_model(settings, n_items: int = 300, seed: int = 0, small: bool = True) -> int:
     """Train a student briefly on synthetic requests, publish it with items ``i0..`` all hot."""
-    from agents.publishing import Publisher
-    from agents.serving import redis_client
-    from agents.store import ModelStore
+    from funnel.publishing import Publisher
     from models.export import export_bytes
     from models.learner import StudentLearner
     from models.synthetic import SyntheticRequests
@@ -75,7 +75,7 @@ def publish_model(settings, n_items: int = 300, seed: int = 0, small: bool = Tru
     learner = StudentLearner(config)
     for _ in range(3):
         learner.learn_many(generator.batch(16))
-    store = ModelStore(redis_client(settings), settings.redis.key_prefix)
+    store = open_store(settings.redis)
     publisher = Publisher(store, lambda model: export_bytes(model, prune=True), hot_items=n_items,
                           dtype=settings.worker.vector_dtype, ttl_s=3600)
     publisher.resume_from_store()
@@ -105,7 +105,7 @@ class _Traffic:
         from kafka import KafkaConsumer, KafkaProducer
 
         self.settings, self.config = settings, config
-        kafka = settings.kafka.kafka_python_config()
+        kafka = kafka_python_options(settings.kafka)
         self.producer = KafkaProducer(**kafka, linger_ms=1, max_request_size=8 * 1024 * 1024)
         self.consumer = KafkaConsumer(settings.topics.name("score-responses"), **kafka, group_id=None,
                                       auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=200)
@@ -193,13 +193,13 @@ def _wait(predicate, timeout_s: float, worker) -> None:
 
 def run(config: LoadConfig, settings=None) -> dict:
     """Run the phases against a fresh scorer worker; returns the JSON-ready results."""
-    from prerank.processes import Worker
-    from prerank.settings import load_settings
+    from core.processes import Worker
+    from core.settings import load_settings
     from streams.registry import create_topics
 
     folder = Path(tempfile.mkdtemp(prefix="prerank-load-"))
     settings = isolated_settings(settings or load_settings(), folder)
-    create_topics(settings.kafka.kafka_python_config(), settings.topics)
+    create_topics(kafka_python_options(settings.kafka), settings.topics)
     version = publish_model(settings, n_items=config.n_items, seed=config.seed, small=False)
     worker = Worker(settings, "scorer", folder / "scorer.log")
     traffic = _Traffic(settings, config)

@@ -2,7 +2,7 @@
 
 Fast path (the approach): the user tower once, one dict lookup per candidate id into a cache of
 item vectors (an ``(n, d)`` float32 matrix), one matmul, ``np.argpartition`` top-k.
-Scorer path (what ships): :meth:`agents.scoring.Scorer.score` on a :class:`ScoreRequest`, its
+Scorer path (what ships): :meth:`funnel.scoring.Scorer.score` on a :class:`ScoreRequest`, its
 local tier warm (every candidate's vector in the LRU), including the response it builds (top-k
 items, easy negatives, version check).
 Naive path: the item tower over every candidate of every request, then the same matmul and
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.scoring import Scorer
-from agents.store import ModelStore
+from funnel.scoring import Scorer
+from funnel.store import ModelStore
 from models.learner import StudentLearner
 from models.synthetic import SyntheticRequests
 from models.two_tower import TwoTowerConfig

@@ -1,7 +1,7 @@
 """Scoring through the topic at a steady rate, and in process, side by side in one run.
 
 Set-up: a student (default sizes: 512-d towers) briefly trained on synthetic requests is published
-as a model version (``agents.publishing.Publisher``: item vectors of the whole catalog and the
+as a model version (``funnel.publishing.Publisher``: item vectors of the whole catalog and the
 pruned weights in Redis, catalog features too), then a scorer worker is started.
 
 Through the topic: the bench produces ``score-requests`` (1000 candidates drawn from the catalog,
@@ -11,7 +11,7 @@ requests (at the same rate) first cover the catalog so the scorer's in-process L
 steady state. The scorer's own ``latency_ms`` (decode excluded) is reported next to it.
 
 In process, after the worker is stopped (so it does not compete for the 2 cores), on the same
-requests: :meth:`agents.scoring.Scorer.score` with a warm LRU, the same with no LRU (every
+requests: :meth:`funnel.scoring.Scorer.score` with a warm LRU, the same with no LRU (every
 vector from one Redis MGET), and the naive path (the item tower over every candidate, then the
 same cosine and top-k), with the naive / LRU ratios.
 
@@ -31,8 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import BenchError, emit, environment, private_stack, running_workers, summarize
-from prerank.settings import Settings, load_settings
+from bench.common import (
+    BenchError,
+    emit,
+    environment,
+    private_stack,
+    running_workers,
+    summarize,
+)
+from core.settings import Settings, load_settings
+from funnel.store import open_store
 
 TARGETS = {"topic_p99_ms": 25.0, "in_process_p99_ms": 2.0, "speedup_vs_naive": 10.0}
 
@@ -53,8 +61,8 @@ class ScoringConfig:
 
 def publish_model(settings: Settings, config: ScoringConfig, store):
     """Train a default-size student a little and publish it with the whole catalog; (generator, catalog, meta)."""
-    from agents.publishing import Publisher
-    from agents.trainer import new_learner
+    from funnel.publishing import Publisher
+    from funnel.training import new_learner
     from models.export import export_bytes
     from models.synthetic import SyntheticRequests
 
@@ -194,7 +202,7 @@ def topic_result(outcome: dict, config: ScoringConfig) -> dict:
 
 def in_process(settings: Settings, config: ScoringConfig, store, generator, catalog, requests, n_warm: int) -> dict:
     """Scorer.score with a warm LRU, with Redis only, and the naive item tower, on the same requests."""
-    from agents.scoring import Scorer, top_k
+    from funnel.scoring import Scorer, top_k
     from models.export import load_student_bytes
 
     by_id = {item.item_id: item for item in catalog}
@@ -251,11 +259,9 @@ def in_process(settings: Settings, config: ScoringConfig, store, generator, cata
 
 
 def measure(settings: Settings, config: ScoringConfig, folder: Path, worker_threads: int | None = None) -> dict:
-    from agents.serving import redis_client
-    from agents.store import ModelStore
 
     started = time.monotonic()
-    store = ModelStore(redis_client(settings), settings.redis.key_prefix)
+    store = open_store(settings.redis)
     generator, catalog, meta = publish_model(settings, config, store)
     n_timed = max(1, int(config.rate_rps * config.duration_s))
     requests = build_requests(config, catalog, config.warmup_requests, n_timed, settings.redis.key_prefix)

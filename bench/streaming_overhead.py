@@ -37,7 +37,8 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from bench.common import BenchError, emit, environment, private_stack, with_changes
-from prerank.settings import Settings, load_settings
+from core.kafka import kafka_python_options
+from core.settings import Settings, load_settings
 
 TARGET_OVERHEAD = 0.20
 ARMS = ("memory", "kafka", "kafka_no_auc")
@@ -114,7 +115,7 @@ def make_trainer(settings: Settings, checkpoint_dir: Path, expected_samples: int
 
 def run_memory(settings: Settings, batches) -> Steps:
     """Learn every batch in one worker thread, as the trainer does (same threading, no broker)."""
-    from agents.trainer import new_learner
+    from funnel.training import new_learner
 
     def learn_all() -> Steps:
         learner, clock = new_learner(settings), StepClock()
@@ -139,8 +140,8 @@ class NoProgressiveAUC:
 
 def breakdown_ms(settings: Settings, encoded_batches) -> dict[str, float]:
     """Median milliseconds per batch of each part of the trainer's step, run one after another."""
-    from agents.convert import sample_from_record
-    from agents.trainer import ProgressiveAUC, new_learner
+    from funnel.convert import sample_from_record
+    from funnel.training import ProgressiveAUC, new_learner
     from streams.training_samples import CODEC
 
     learner, progressive = new_learner(settings), ProgressiveAUC()
@@ -184,7 +185,7 @@ def produce(settings: Settings, encoded) -> None:
 
     from streams import training_samples
 
-    producer = KafkaProducer(**settings.kafka.kafka_python_config(), acks="all", linger_ms=20)
+    producer = KafkaProducer(**kafka_python_options(settings.kafka), acks="all", linger_ms=20)
     topic = settings.topics.name(training_samples.TOPIC.name)
     try:
         for key, value in encoded:
@@ -195,7 +196,7 @@ def produce(settings: Settings, encoded) -> None:
 
 
 def measure(settings: Settings, config: OverheadConfig, folder: Path) -> dict:
-    from agents.convert import record_from_sample
+    from funnel.convert import record_from_sample
     from models.synthetic import SyntheticRequests
     from streams.training_samples import CODEC
 

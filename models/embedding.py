@@ -17,7 +17,7 @@ Rows start at zero and are materialised lazily: the table grows (doubling) as id
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -82,8 +82,7 @@ class EmbeddingTable:
 
     def zero_row_ratio(self) -> float:
         """Share of admitted rows whose weights are exactly zero (0.0 for an empty table)."""
-        _, is_zero = self.zero_rows_mask()
-        return float(is_zero.mean()) if is_zero.size else 0.0
+        return zero_row_ratio([self.zero_rows_mask()[1]])
 
     def _grow(self, n_rows: int) -> None:
         if n_rows <= self.weight.shape[0]:
@@ -109,3 +108,16 @@ def _grown(tensor: torch.Tensor, size: int) -> torch.Tensor:
     out = torch.zeros(size, *tensor.shape[1:], dtype=tensor.dtype)
     out[: tensor.shape[0]] = tensor
     return out
+
+
+def zero_row_ratio(masks: Iterable[np.ndarray]) -> float:
+    """Share of all-zero rows over the given tables' ``is_zero`` masks (0.0 when they are empty).
+
+    The one implementation: a table's, a student's (all tables) and the trainer's gauges use it.
+
+    >>> zero_row_ratio([np.array([True, False]), np.array([True])]), zero_row_ratio([np.zeros(0, dtype=bool)])
+    (0.6666666666666666, 0.0)
+    """
+    masks = list(masks)
+    total = sum(mask.size for mask in masks)
+    return sum(int(mask.sum()) for mask in masks) / total if total else 0.0

@@ -9,8 +9,10 @@ True
 
 from __future__ import annotations
 
+from core.errors import PrerankError
 
-class ModelError(Exception):
+
+class ModelError(PrerankError):
     """Base class of every error raised by ``models``."""
 
 

@@ -32,7 +32,12 @@ import safetensors.torch
 import torch
 
 from models.checkpoint import (
-    dense_from_tensors, dense_to_tensors, dumps, schedule_from_dict, schedule_to_dict, tables_from_tensors,
+    dense_from_tensors,
+    dense_to_tensors,
+    dumps,
+    schedule_from_dict,
+    schedule_to_dict,
+    tables_from_tensors,
     tables_to_tensors,
 )
 from models.exceptions import ExportError

@@ -33,12 +33,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.embedding import EmbeddingTable
+from models.embedding import EmbeddingTable, zero_row_ratio
 from models.exceptions import ConfigError
 from models.features import ItemFeatures, UserFeatures
 from models.id_map import DynamicIdMap
 from models.sparse import SparseLookup
-from models.tokens import ITEM_SLOT_TABLES, TABLES, USER_SLOT_TABLES, item_slots, user_slots
+from models.tokens import (
+    ITEM_SLOT_TABLES,
+    TABLES,
+    USER_SLOT_TABLES,
+    item_slots,
+    user_slots,
+)
 
 DAY_MS = 86_400_000
 
@@ -189,9 +195,4 @@ class TwoTowerStudent(nn.Module):
 
     def zero_row_ratio(self) -> float:
         """Share of admitted embedding rows (all tables, fallback rows excluded) that are all zero."""
-        zeros = total = 0
-        for table in self.tables.values():
-            _, is_zero = table.zero_rows_mask()
-            zeros += int(is_zero.sum())
-            total += is_zero.size
-        return zeros / total if total else 0.0
+        return zero_row_ratio(table.zero_rows_mask()[1] for table in self.tables.values())

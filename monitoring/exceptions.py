@@ -1,7 +1,9 @@
 """Typed errors of the monitoring package."""
 
+from core.errors import PrerankError
 
-class MonitoringError(Exception):
+
+class MonitoringError(PrerankError):
     """Base class of every error raised by :mod:`monitoring`."""
 
 

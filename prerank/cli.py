@@ -15,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from core.kafka import kafka_python_options
+from core.redis import redis_client
+from core.settings import Settings, load_settings
 from prerank.exceptions import PrerankError
-from prerank.settings import Settings, load_settings
 from replay.exceptions import ReplayError, ReplayStalled
 
 BENCHES = ("train", "score", "quality", "sparsity", "freshness", "scoring-topic", "streaming-overhead", "reliability", "load")
@@ -53,7 +55,7 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
 def _topics(args: argparse.Namespace, settings: Settings) -> int:
     from streams.registry import create_topics
 
-    outcome = create_topics(settings.kafka.kafka_python_config(), settings.topics)
+    outcome = create_topics(kafka_python_options(settings.kafka), settings.topics)
     for name, what in outcome.items():
         print(f"{what:<8} {name}")
     return 0
@@ -65,9 +67,8 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
 
     stack.up(settings)
     _topics(args, settings)
-    import redis
 
-    client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
+    client = redis_client(settings.redis)
     client.ping()
     print(json.dumps(stack.status(settings), indent=2))
     return 0
@@ -81,10 +82,9 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from prerank.console import ReplayConsole
     from replay.command import run_replay
     from replay.exceptions import ReplayInterrupted
-
-    from prerank.console import ReplayConsole
 
     data = None if args.synthetic else (args.data or settings.data)
     console = ReplayConsole()
@@ -107,10 +107,9 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     """The main job: local stack up, the funnel replayed through the real agents, the report."""
     from prerank import stack
+    from prerank.console import ReplayConsole
     from replay.command import run_replay
     from replay.exceptions import ReplayInterrupted
-
-    from prerank.console import ReplayConsole
 
     print("starting the local stack (Kafka, Redis, Prometheus on 127.0.0.1) ...")
     for name, seconds in stack.up(settings, with_prometheus=True).items():

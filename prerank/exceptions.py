@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-
-class PrerankError(Exception):
-    """Base class; the CLI prints these as one clear line and exits non-zero."""
+from core.errors import PrerankError  # noqa: F401 - the root, re-exported for the CLI
 
 
 class MissingToolError(PrerankError):

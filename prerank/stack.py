@@ -13,15 +13,16 @@ import base64
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.kafka import kafka_python_options
+from core.ports import port_open
+from core.settings import Settings
 from prerank.exceptions import MissingToolError, ServiceStartError
-from prerank.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_POM = REPO / "infra" / "kafka" / "pom.xml"
@@ -41,14 +42,6 @@ def require_tool(tool: str) -> str:
     if path is None:
         raise MissingToolError(tool, INSTALL_HINTS.get(tool, f"install {tool}"))
     return path
-
-
-def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 def new_cluster_id() -> str:
@@ -274,7 +267,7 @@ class Kafka(Service):
 
         try:
             admin = KafkaAdminClient(
-                **self.settings.kafka.kafka_python_config(), request_timeout_ms=3000,
+                **kafka_python_options(self.settings.kafka), request_timeout_ms=3000,
                 client_id="prerank-stack-probe",
             )
         except (KafkaError, OSError, ValueError):

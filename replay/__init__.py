@@ -8,6 +8,6 @@ event-time order, history seeds, and a report of skipped rows.
 
 Funnel pieces shared by the offline evaluator and the streaming replay: pages
 (:func:`replay.grouping.group_requests`), recall candidates
-(:class:`replay.candidates.CandidateGenerator`), metrics (:mod:`replay.metrics`). The offline
+(:class:`replay.candidates.CandidateGenerator`), metrics (:mod:`funnel.metrics`). The offline
 funnel itself is :class:`replay.offline.OfflineFunnel`, driven by ``bench/quality.py``.
 """

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.features import ItemFeatures
-from replay.exceptions import ConfigError
+from replay.exceptions import ReplayConfigError
 from replay.popularity import DecayedCounter
 
 HOUR_MS = 3_600_000
@@ -49,9 +49,9 @@ class CandidateConfig:
     def __post_init__(self) -> None:
         for name in ("n_candidates", "n_popular", "n_author", "n_tag"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"CandidateConfig.{name} must be >= 0, got {getattr(self, name)}")
+                raise ReplayConfigError(f"CandidateConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.popularity_half_life_ms <= 0:
-            raise ConfigError(f"popularity_half_life_ms must be > 0, got {self.popularity_half_life_ms}")
+            raise ReplayConfigError(f"popularity_half_life_ms must be > 0, got {self.popularity_half_life_ms}")
 
 
 class CandidateGenerator:
@@ -101,7 +101,7 @@ class CandidateGenerator:
         """Candidate indices (int64, distinct): exposed items first, in their given order.
 
         ``authors`` and ``tags`` are the user's recent ones, oldest first (as in
-        :class:`agents.history.UserHistory`); the most recent ones are used first.
+        :class:`funnel.history.UserHistory`); the most recent ones are used first.
         """
         config = self.config
         rng = np.random.default_rng((config.seed, zlib.crc32(request_id.encode())))

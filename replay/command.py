@@ -18,15 +18,23 @@ from pathlib import Path
 
 from kafka.errors import KafkaError
 
-from prerank.processes import Worker
-from prerank.settings import Settings
+from core.kafka import kafka_python_options
+from core.processes import Worker
+from core.settings import Settings
+from funnel.store import open_store
 from replay.candidates import CandidateConfig
-from replay.load import load_dataset
 from replay.exceptions import ReplayInterrupted
+from replay.load import load_dataset
 from replay.offline import local_date_ms
 from replay.progress import RunProgress, find_resumable
 from replay.sparsity import request_samples, sweep
-from replay.stream import ReplayState, StreamConfig, StreamingReplay, prefit_teacher, replay_requests
+from replay.stream import (
+    ReplayState,
+    StreamConfig,
+    StreamingReplay,
+    prefit_teacher,
+    replay_requests,
+)
 from replay.warm_start import install_as_first_checkpoint, pretrain_student
 from streams.registry import delete_topics
 
@@ -133,12 +141,10 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
 
     Raises :class:`~replay.exceptions.ReplayInterrupted` on Ctrl-C, after the requests in flight
     were answered, their training records learned (best effort) and the replay checkpointed."""
-    from agents.serving import redis_client
-    from agents.store import ModelStore
     from streams.registry import create_topics
 
     ms = mode_settings(settings, mode, run_id, work, replay_join_window_s(streamed, config.inflight))
-    create_topics(ms.kafka.kafka_python_config(), ms.topics)
+    create_topics(kafka_python_options(ms.kafka), ms.topics)
     state = ReplayState(dataset, config)
     for request in prefit:  # the same warm state the teacher was fitted with, without refitting
         state.after(request)
@@ -158,7 +164,7 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
         Worker(ms, "ranker", mode_dir / "ranker.log", index=1),
         Worker(ms, "trainer,publisher", mode_dir / "trainer.log", index=2),
     ]
-    store = ModelStore(redis_client(ms), ms.redis.key_prefix)
+    store = open_store(ms.redis)
     try:
         wait_for_workers(store, workers)
         time.sleep(3.0)  # consumer groups settle before the first request
@@ -311,7 +317,7 @@ def run_replay(
     run.complete = True
     run.save()
     try:  # a finished run's topics are not needed again (an interrupted run keeps them to resume)
-        delete_topics(settings.kafka.kafka_python_config(), (f"replay-{run.run_id}-", f"prerank-replay-{run.run_id}-"))
+        delete_topics(kafka_python_options(settings.kafka), (f"replay-{run.run_id}-", f"prerank-replay-{run.run_id}-"))
     except KafkaError as error:
         log.warning("could not delete the topics of run %s: %s", run.run_id, error)
     return report

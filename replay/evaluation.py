@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from replay.metrics import auc, consistency_recall, gauc, hit_rate_at_k
+from funnel.metrics import auc, consistency_recall, gauc, hit_rate_at_k
 
 
 class FeedbackLog:

@@ -1,7 +1,9 @@
 """Typed errors of the replay package."""
 
+from core.errors import PrerankError
 
-class ReplayError(Exception):
+
+class ReplayError(PrerankError):
     """Base class of every error raised by :mod:`replay`."""
 
 
@@ -9,7 +11,7 @@ class DatasetLayoutError(ReplayError, ValueError):
     """A data folder or CSV file does not have the layout a loader expects."""
 
 
-class ConfigError(ReplayError, ValueError):
+class ReplayConfigError(ReplayError, ValueError):
     """A replay configuration value is out of range."""
 
 

@@ -39,7 +39,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.features import ItemFeatures
-from replay.csvio import BadField, header_of, read_rows, split_ids, to_binary, to_int, to_int_or
+from replay.csvio import (
+    BadField,
+    header_of,
+    read_rows,
+    split_ids,
+    to_binary,
+    to_int,
+    to_int_or,
+)
 from replay.dataset import Dataset, LoadReport
 from replay.events import Exposure
 from replay.exceptions import DatasetLayoutError

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from replay.events import Exposure, Request
-from replay.exceptions import ConfigError
+from replay.exceptions import ReplayConfigError
 
 DEFAULT_GAP_MS = 60_000
 
@@ -25,7 +25,7 @@ DEFAULT_GAP_MS = 60_000
 def group_requests(exposures: Iterable[Exposure], gap_ms: int = DEFAULT_GAP_MS) -> list[Request]:
     """Split ``exposures`` (any order; sorted stably by time here) into pages."""
     if gap_ms < 0:
-        raise ConfigError(f"gap_ms must be >= 0, got {gap_ms}")
+        raise ReplayConfigError(f"gap_ms must be >= 0, got {gap_ms}")
     open_pages: dict[str, list[Exposure]] = {}
     closed: list[list[Exposure]] = []
     for exposure in sorted(exposures, key=lambda e: e.ts_ms):

@@ -6,7 +6,7 @@ Replay in event-time order, request by request (pages from :mod:`replay.grouping
    exposures; user histories and "popular now" warm up.
 2. *Replay* (from ``train_until``), for the requests of a user sample: build ~1000 candidates;
    every arm (pre-ranker) scores them; the teacher scores each arm's top-``rank_k`` plus the
-   exposed items and ranks them; :func:`agents.labels.build_request_sample` makes each arm's
+   exposed items and ranks them; :func:`funnel.labels.build_request_sample` makes each arm's
    training sample. At or after ``eval_from`` the scores of exposed items are logged (progressive
    evaluation: scores come before learning) and, on every ``consistency_every``-th request, the
    teacher scores the whole candidate set to measure consistency. Each arm learns its samples
@@ -28,17 +28,23 @@ from typing import Protocol
 
 import numpy as np
 
-from agents.history import HistoryConfig, UserHistory
-from agents.labels import Feedback, LabelConfig, Ranked, build_request_sample, request_rng
+from funnel.history import HistoryConfig, UserHistory
+from funnel.labels import (
+    Feedback,
+    LabelConfig,
+    Ranked,
+    build_request_sample,
+    request_rng,
+)
+from funnel.metrics import top_k
 from models.features import ItemFeatures, RequestSample, UserFeatures
 from replay.arms import Arm
 from replay.candidates import CandidateConfig, CandidateGenerator
 from replay.dataset import Dataset
 from replay.evaluation import ConsistencyLog, FeedbackLog, HitRateLog
 from replay.events import Request
-from replay.exceptions import ConfigError
+from replay.exceptions import ReplayConfigError
 from replay.grouping import DEFAULT_GAP_MS, group_requests
-from replay.metrics import top_k
 
 TEACHER_WEIGHTS: Mapping[str, float] = {"click": 1.0, "long_view": 1.0, "like": 0.5}
 
@@ -60,7 +66,7 @@ def local_date_ms(date: str, utc_offset_hours: float = 8.0) -> int:
     try:
         day = dt.date.fromisoformat(date) if "-" in date else dt.datetime.strptime(date, "%Y%m%d").date()
     except ValueError:
-        raise ConfigError(f"not a date: {date!r} (use YYYY-MM-DD)") from None
+        raise ReplayConfigError(f"not a date: {date!r} (use YYYY-MM-DD)") from None
     zone = dt.timezone(dt.timedelta(hours=utc_offset_hours))
     return int(dt.datetime(day.year, day.month, day.day, tzinfo=zone).timestamp() * 1000)
 
@@ -86,12 +92,12 @@ class OfflineConfig:
 
     def __post_init__(self) -> None:
         if self.eval_from_ms < self.train_until_ms:
-            raise ConfigError("eval_from must not be before train_until")
+            raise ReplayConfigError("eval_from must not be before train_until")
         for name in ("rank_k", "consistency_every", "batch_requests", "teacher_batch_requests"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ReplayConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_requests is not None and self.max_requests < 1:
-            raise ConfigError(f"max_requests must be >= 1 or None, got {self.max_requests}")
+            raise ReplayConfigError(f"max_requests must be >= 1 or None, got {self.max_requests}")
 
 
 def sample_rate(n_requests: int, max_requests: int | None) -> float:
@@ -109,7 +115,7 @@ class OfflineFunnel:
     def __init__(self, dataset: Dataset, arms: Sequence[Arm], teacher: FineRanker, config: OfflineConfig) -> None:
         names = [arm.name for arm in arms]
         if len(set(names)) != len(names):
-            raise ConfigError(f"arm names must be unique, got {names}")
+            raise ReplayConfigError(f"arm names must be unique, got {names}")
         self.dataset = dataset
         self.arms = tuple(arms)
         self.teacher = teacher

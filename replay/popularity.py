@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from replay.exceptions import ConfigError
+from replay.exceptions import ReplayConfigError
 
 _RESCALE_ABOVE = 2.0**500
 
@@ -26,7 +26,7 @@ class DecayedCounter:
 
     def __init__(self, n_items: int, half_life_ms: float, refresh_ms: int = 0) -> None:
         if half_life_ms <= 0:
-            raise ConfigError(f"half_life_ms must be > 0, got {half_life_ms}")
+            raise ReplayConfigError(f"half_life_ms must be > 0, got {half_life_ms}")
         self._counts = np.zeros(n_items, dtype=np.float64)
         self._half_life_ms = float(half_life_ms)
         self._origin_ms: int | None = None

@@ -24,13 +24,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agents.labels import LabelConfig, build_request_sample
+from funnel.labels import LabelConfig, build_request_sample
+from funnel.metrics import auc
 from models.export import size_report
 from models.ftrl import FTRLConfig
 from models.learner import StudentLearner
 from models.losses import StudentObjective
 from models.two_tower import TwoTowerConfig
-from replay.metrics import auc
 from replay.stream import ReplayState, StreamConfig, feedback_of
 
 DEFAULT_L1 = (0.0, 0.1, 0.5, 1.0, 2.0)

@@ -33,23 +33,30 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from agents.app import TOPIC_MODULES
-from agents.history import HistoryConfig, UserHistory
-from agents.labels import Feedback, LabelConfig, build_request_sample, request_rng
+from core.kafka import kafka_python_options
+from core.settings import Settings
+from funnel.history import HistoryConfig, UserHistory
+from funnel.labels import Feedback, LabelConfig, build_request_sample, request_rng
+from funnel.metrics import auc, consistency_recall
 from models.features import UserFeatures
 from models.losses import combine
-from prerank.settings import Settings
 from replay.candidates import CandidateConfig, CandidateGenerator
 from replay.dataset import Dataset
 from replay.evaluation import ConsistencyLog, FeedbackLog, HitRateLog
 from replay.events import Request
 from replay.exceptions import ReplayInterrupted, ReplayStalled
 from replay.grouping import DEFAULT_GAP_MS, group_requests
-from replay.metrics import auc, consistency_recall
 from replay.offline import sample_rate, user_in_sample
-from streams import impressions, item_catalog, score_requests, score_responses, user_profiles
+from streams import (
+    impressions,
+    item_catalog,
+    score_requests,
+    score_responses,
+    user_profiles,
+)
 from streams.impressions import Impression
 from streams.item_catalog import CatalogItem
+from streams.registry import TOPIC_MODULES
 from streams.score_requests import RequestContext, ScoreRequest
 from streams.user_profiles import UserProfile
 
@@ -214,7 +221,7 @@ class StreamingReplay:
         done = set(self.completed)
         total = len(requests)
         requests = [r for r in requests if r.request_id not in done]
-        kafka = self.settings.kafka.kafka_python_config()
+        kafka = kafka_python_options(self.settings.kafka)
         producer = KafkaProducer(**kafka, linger_ms=2, max_request_size=8 * 1024 * 1024)
         consumer = KafkaConsumer(**kafka, group_id=None, enable_auto_commit=False,
                                  max_partition_fetch_bytes=8 * 1024 * 1024)

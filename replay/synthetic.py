@@ -25,7 +25,7 @@ import numpy as np
 from models.features import ItemFeatures
 from replay.dataset import Dataset, HistorySeed, LoadReport
 from replay.events import Exposure
-from replay.exceptions import ConfigError
+from replay.exceptions import ReplayConfigError
 
 DAY_MS = 86_400_000
 
@@ -53,9 +53,9 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         for name in ("n_users", "n_items", "n_authors", "n_tags", "n_tabs", "days"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ReplayConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.interest_share <= 1.0:
-            raise ConfigError(f"interest_share must be in [0, 1], got {self.interest_share}")
+            raise ReplayConfigError(f"interest_share must be in [0, 1], got {self.interest_share}")
 
 
 def _zipf(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from agents.checkpoint import CheckpointDir
-from agents.trainer import MODEL_FILE, new_learner
+from core.settings import Settings
+from funnel.checkpoint import CheckpointDir
+from funnel.metrics import auc
+from funnel.training import MODEL_FILE, new_learner
 from models.learner import StudentLearner
 from models.losses import StudentObjective
-from prerank.settings import Settings
-from replay.metrics import auc
 from replay.sparsity import learn_progressively, request_samples
 
 

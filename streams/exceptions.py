@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from core.errors import PrerankError
 
-class StreamError(Exception):
+
+class StreamError(PrerankError):
     """Base class for errors of the ``streams`` package."""
 
 

@@ -15,24 +15,25 @@ from streams import (
 )
 from streams.base import TopicSpec
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (
-    item_catalog.TOPIC,
-    user_profiles.TOPIC,
-    score_requests.TOPIC,
-    score_responses.TOPIC,
-    rank_scores.TOPIC,
-    impressions.TOPIC,
-    training_samples.TOPIC,
-    model_versions.TOPIC,
-    dead_letters.TOPIC,
-)
+TOPIC_MODULES = {  # the key every client uses for a topic -> its module (TOPIC, CODEC, record type)
+    "item_catalog": item_catalog,
+    "user_profiles": user_profiles,
+    "score_requests": score_requests,
+    "score_responses": score_responses,
+    "rank_scores": rank_scores,
+    "impressions": impressions,
+    "training_samples": training_samples,
+    "model_versions": model_versions,
+    "dead_letters": dead_letters,
+}
+ALL_TOPICS: tuple[TopicSpec, ...] = tuple(module.TOPIC for module in TOPIC_MODULES.values())
 
 
 def create_topics(kafka_config: dict, topic_settings) -> dict[str, str]:
     """Create every missing topic; returns ``{full_name: "created" | "exists"}``.
 
-    ``kafka_config`` is :meth:`prerank.settings.KafkaSettings.kafka_python_config`;
-    ``topic_settings`` is :class:`prerank.settings.TopicSettings`.
+    ``kafka_config`` is :meth:`core.settings.KafkaSettings.kafka_python_config`;
+    ``topic_settings`` is :class:`core.settings.TopicSettings`.
     """
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError

@@ -11,9 +11,12 @@ import uuid
 
 import pytest
 
-from prerank.ports import free_port  # noqa: F401  (re-exported for tests)
-from prerank.settings import Settings, load_settings
-from prerank.stack import port_open
+from core.kafka import kafka_python_options
+from core.ports import (
+    free_port,  # noqa: F401  (re-exported for tests)
+    port_open,
+)
+from core.settings import Settings, load_settings
 
 REQUIRE_SERVICES = os.environ.get("PRERANK_REQUIRE_SERVICES", "") in ("1", "true", "yes")
 
@@ -48,11 +51,11 @@ def stack_settings(base_settings: Settings, tmp_path):
     settings = Settings(**data)
     from streams.registry import create_topics
 
-    create_topics(settings.kafka.kafka_python_config(), settings.topics)
+    create_topics(kafka_python_options(settings.kafka), settings.topics)
     yield settings
     from streams.registry import delete_topics
 
     # Topics of a finished test go, so a long-lived local broker does not pile up partitions.
-    delete_topics(settings.kafka.kafka_python_config(), (f"t{run}.", f"prerank-t{run}"))
+    delete_topics(kafka_python_options(settings.kafka), (f"t{run}.", f"prerank-t{run}"))
 
 

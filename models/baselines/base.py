@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from models.baselines.stat_features import StatisticalFeatures
 from models.exceptions import ConfigError, ExportError
 from models.features import OBJECTIVES, ItemFeatures, RequestSample, UserFeatures
-from models.baselines.stat_features import StatisticalFeatures
 
 
 def logit(p: float, eps: float = 1e-6) -> float:

@@ -26,7 +26,13 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from models.checkpoint import dense_from_tensors, dense_to_tensors, dumps, tables_from_tensors, tables_to_tensors
+from models.checkpoint import (
+    dense_from_tensors,
+    dense_to_tensors,
+    dumps,
+    tables_from_tensors,
+    tables_to_tensors,
+)
 from models.exceptions import ConfigError
 from models.features import OBJECTIVES, ItemFeatures, RequestSample, UserFeatures
 from models.ftrl import FTRLConfig, FTRLProximal

@@ -31,7 +31,13 @@ from models.sparse import SparseLookup
 from models.teacher.item_rows import ItemRows, user_part
 from models.teacher.item_stats import N_FEATURES
 from models.teacher.networks import MMoE, WideAndDeep
-from models.tokens import ITEM_SLOT_TABLES, TABLES, USER_SLOT_TABLES, item_slots, user_slots
+from models.tokens import (
+    ITEM_SLOT_TABLES,
+    TABLES,
+    USER_SLOT_TABLES,
+    item_slots,
+    user_slots,
+)
 from models.two_tower import DAY_MS
 
 N_PAIR_FEATURES = 2

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from core.kafka import kafka_python_options
+from core.redis import redis_client
 from tests.conftest import need_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -44,16 +46,15 @@ def run_bench(module: str, tmp_path: Path, *args: str) -> dict:
 
 
 def assert_cleaned_up(settings, prefix: str) -> None:
-    import redis
     from kafka.admin import KafkaAdminClient
 
-    admin = KafkaAdminClient(**settings.kafka.kafka_python_config())
+    admin = KafkaAdminClient(**kafka_python_options(settings.kafka))
     try:
         left = [name for name in admin.list_topics() if name.startswith(prefix)]
     finally:
         admin.close()
     assert left == []
-    client = redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
+    client = redis_client(settings.redis)
     assert list(client.scan_iter(match=f"{prefix.rstrip('.')}:*")) == []
 
 

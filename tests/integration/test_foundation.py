@@ -7,6 +7,7 @@ import json
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
+from core.kafka import kafka_python_options
 from streams import dead_letters, score_requests, score_responses
 from streams.registry import ALL_TOPICS, create_topics
 from streams.score_requests import ScoreRequest
@@ -16,9 +17,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_topics_have_declared_partitions_and_configs(stack_settings):
-    again = create_topics(stack_settings.kafka.kafka_python_config(), stack_settings.topics)
+    again = create_topics(kafka_python_options(stack_settings.kafka), stack_settings.topics)
     assert set(again.values()) == {"exists"}  # idempotent
-    admin = KafkaAdminClient(**stack_settings.kafka.kafka_python_config())
+    admin = KafkaAdminClient(**kafka_python_options(stack_settings.kafka))
     try:
         names = [stack_settings.topics.name(spec.name) for spec in ALL_TOPICS]
         described = {t["name"]: t for t in admin.describe_topics(names)}
@@ -41,7 +42,7 @@ def test_a_finished_runs_topics_are_deleted_by_prefix_and_only_those(stack_setti
 
     from streams.registry import delete_topics
 
-    kafka = stack_settings.kafka.kafka_python_config()
+    kafka = kafka_python_options(stack_settings.kafka)
     other = stack_settings.topics.model_copy(update={"prefix": stack_settings.topics.prefix + "keep."})
     create_topics(kafka, other)
     deleted = delete_topics(kafka, (stack_settings.topics.prefix + "score",))

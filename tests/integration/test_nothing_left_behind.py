@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from core.ports import free_port
+from core.processes import REPO, settings_env
 from prerank import stack
 from prerank.exceptions import ServiceStartError
-from prerank.ports import free_port
-from prerank.processes import REPO, settings_env
 
 pytestmark = pytest.mark.integration
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from funnel.store import open_store
 from monitoring.scrape import metric_sum, scrape
 from streams import impressions as impressions_topic
 from streams import rank_scores as rank_scores_topic
@@ -76,10 +77,8 @@ def with_worker(settings, **changes):
 
 
 def redis_store(settings):
-    from agents.serving import redis_client
-    from agents.store import ModelStore
 
-    return ModelStore(redis_client(settings), settings.redis.key_prefix)
+    return open_store(settings.redis)
 
 
 def wait_for(predicate, timeout_s: float, what: str, workers=()):
@@ -99,7 +98,7 @@ def wait_for(predicate, timeout_s: float, what: str, workers=()):
 def test_trainer_publishes_a_version_the_scorer_serves_with_the_model_scores(stack_settings, tmp_path):
     import numpy as np
 
-    from agents.convert import user_from_snapshot
+    from funnel.convert import user_from_snapshot
     from models.export import load_student_bytes
     from models.features import ItemFeatures
     from streams import score_requests, score_responses
@@ -150,7 +149,7 @@ def test_trainer_killed_mid_stream_learns_every_record_exactly_once(stack_settin
     import json
     import time
 
-    from agents.convert import record_from_sample
+    from funnel.convert import record_from_sample
     from streams.training_samples import CODEC
 
     settings = with_worker(stack_settings, checkpoint_interval_s=0.5, train_batch_requests=8)
@@ -221,7 +220,7 @@ def test_malformed_records_on_every_input_topic_become_dead_letters(stack_settin
     by_source = {}
     for letter in decoded:
         by_source.setdefault(letter.source_topic, []).append(letter)
-    from agents.app import TOPIC_MODULES
+    from streams.registry import TOPIC_MODULES
 
     for topic, value in bad.items():
         name = stack_settings.topics.name(TOPIC_MODULES[topic].TOPIC.name)
@@ -283,7 +282,6 @@ def test_two_scorer_workers_share_partitions_and_answer_every_request(stack_sett
 def test_scorer_survives_redis_outage_from_its_local_tier_and_returns_to_the_cache(stack_settings, tmp_path):
     import time
 
-    from agents.store import ModelStore
     from models.export import export_bytes
     from models.learner import StudentLearner
     from prerank.stack import Redis
@@ -300,14 +298,13 @@ def test_scorer_survives_redis_outage_from_its_local_tier_and_returns_to_the_cac
     redis_service.wait_ready(20)
 
     def publish() -> None:
-        from agents.serving import redis_client
 
         learner = StudentLearner()
         items = [f"i{j}" for j in range(40)]
         from models.features import ItemFeatures
 
         vectors = learner.item_vectors([ItemFeatures(i) for i in items]).astype("float16")
-        ModelStore(redis_client(settings), settings.redis.key_prefix).publish(
+        open_store(settings.redis).publish(
             1, export_bytes(learner), items, vectors, {"created_at_ms": 1, "dtype": "float16"}, ttl_s=600)
 
     def ask(n: int, candidates: list[str]):

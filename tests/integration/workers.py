@@ -7,16 +7,17 @@ from collections.abc import Iterable
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from prerank.processes import Worker, settings_env  # noqa: F401 - re-exported for the tests
-from prerank.settings import Settings
+from core.kafka import kafka_python_options
+from core.processes import Worker, settings_env  # noqa: F401 - re-exported for the tests
+from core.settings import Settings
 
 
 def producer(settings: Settings) -> KafkaProducer:
-    return KafkaProducer(**settings.kafka.kafka_python_config(), acks="all", linger_ms=5)
+    return KafkaProducer(**kafka_python_options(settings.kafka), acks="all", linger_ms=5)
 
 
 def send_all(settings: Settings, topic_key: str, messages: Iterable[tuple[bytes, bytes]]) -> int:
-    from agents.app import TOPIC_MODULES
+    from streams.registry import TOPIC_MODULES
 
     name = settings.topics.name(TOPIC_MODULES[topic_key].TOPIC.name)
     kafka = producer(settings)
@@ -35,11 +36,11 @@ def read_topic(
 ):
     """Every record of a topic until ``expected`` arrived (then ``idle_s`` more), the timeout, or
     until one of ``workers`` died (its log tail is raised)."""
-    from agents.app import TOPIC_MODULES
+    from streams.registry import TOPIC_MODULES
 
     name = settings.topics.name(TOPIC_MODULES[topic_key].TOPIC.name)
     consumer = KafkaConsumer(
-        name, **settings.kafka.kafka_python_config(), auto_offset_reset="earliest",
+        name, **kafka_python_options(settings.kafka), auto_offset_reset="earliest",
         enable_auto_commit=False, consumer_timeout_ms=500, group_id=None,
     )
     records = []

@@ -18,6 +18,7 @@ from models.synthetic import SyntheticRequests
 from models.teacher import TeacherConfig, TeacherLearner
 from models.two_tower import TwoTowerConfig
 
+
 def _student(mode: str, min_count: int = 1):
     return lambda: StudentLearner(
         TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=8, min_count=min_count), StudentObjective(mode)

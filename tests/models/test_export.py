@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from models.exceptions import ExportError
-from models.export import export_bytes, export_file, load_student_bytes, load_student_file, size_report
+from models.export import (
+    export_bytes,
+    export_file,
+    load_student_bytes,
+    load_student_file,
+    size_report,
+)
 from models.features import ItemFeatures, UserFeatures
 from models.ftrl import FTRLConfig
 from models.learner import StudentLearner

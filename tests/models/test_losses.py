@@ -11,7 +11,12 @@ import torch
 from models.exceptions import ConfigError
 from models.features import ItemFeatures, RequestSample, UserFeatures
 from models.losses import (
-    ConstantLambda, LinearLambda, PairLabels, SigmoidLambda, StudentObjective, combine,
+    ConstantLambda,
+    LinearLambda,
+    PairLabels,
+    SigmoidLambda,
+    StudentObjective,
+    combine,
 )
 
 

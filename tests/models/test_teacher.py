@@ -9,7 +9,6 @@ from models.exceptions import ConfigError
 from models.features import OBJECTIVES
 from models.learner import StudentLearner
 from models.losses import ConstantLambda, StudentObjective
-from models.synthetic import SyntheticRequests
 from models.teacher import TeacherConfig, TeacherLearner, combine
 from models.two_tower import TwoTowerConfig
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.settings import Settings, WorkerSettings
 from prerank.cli import build_parser
-from prerank.settings import Settings, WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 OFFICIAL_IMAGES = {"apache/kafka", "redis", "prom/prometheus", "grafana/grafana"}

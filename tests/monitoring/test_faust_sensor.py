@@ -5,8 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import faust
-from faust.types import TP
 from faust.sensors.prometheus import PrometheusMonitor
+from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from monitoring.faust_sensor import FAUST_PREFIX, enable_faust_sensor

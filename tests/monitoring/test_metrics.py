@@ -12,7 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitoring import buckets
 from monitoring.exceptions import UnknownLabelValueError
 from monitoring.metrics import (
-    CACHE_TIERS, JOIN_EVENTS, PrerankMetrics, exposed_sample_names, metrics_from_default_registry,
+    CACHE_TIERS,
+    JOIN_EVENTS,
+    PrerankMetrics,
+    exposed_sample_names,
+    metrics_from_default_registry,
 )
 from monitoring.server import serve_metrics, worker_metrics_port
 

@@ -21,13 +21,13 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from core.ports import free_port
 from monitoring.dashboard import load_dashboard
 from monitoring.lag import record_consumer_lag
 from monitoring.metrics import AGENTS, RECALL_AT_K, PrerankMetrics
 from monitoring.promql import dashboard_queries, render_grafana_macros
 from monitoring.rules import RULES_DIR, load_alert_rules
 from monitoring.server import serve_metrics
-from prerank.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.prometheus]
 

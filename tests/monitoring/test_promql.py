@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from monitoring.exceptions import DashboardError
-from monitoring.promql import dashboard_queries, data_panels, metric_names, render_grafana_macros
+from monitoring.promql import (
+    dashboard_queries,
+    data_panels,
+    metric_names,
+    render_grafana_macros,
+)
 
 
 @pytest.mark.parametrize("expr, expected", [

@@ -17,11 +17,14 @@ from pathlib import Path
 
 from kafka import KafkaConsumer
 
+from core.kafka import kafka_python_options
+from core.ports import free_port
+from core.processes import REPO
+from core.settings import Settings
+from funnel.store import open_store
 from prerank import processes
-from prerank.ports import free_port
-from prerank.processes import REPO
-from prerank.settings import Settings
 from prerank.stack import Kafka, Redis
+
 
 def derive(settings: Settings, **sections: dict) -> Settings:
     """A copy of ``settings`` with some fields of some sections replaced.
@@ -111,11 +114,11 @@ class TopicReader:
     """Reads one topic from the beginning, keeping every message; poll it as often as needed."""
 
     def __init__(self, settings: Settings, topic_key: str) -> None:
-        from agents.app import TOPIC_MODULES
+        from streams.registry import TOPIC_MODULES
 
         self.consumer = KafkaConsumer(
             settings.topics.name(TOPIC_MODULES[topic_key].TOPIC.name),
-            **settings.kafka.kafka_python_config(), auto_offset_reset="earliest",
+            **kafka_python_options(settings.kafka), auto_offset_reset="earliest",
             enable_auto_commit=False, group_id=None, consumer_timeout_ms=200,
         )
         self.messages: list = []
@@ -176,7 +179,7 @@ def fresh_settings(base: Settings, folder: Path, partitions: int = 2) -> Setting
 def create_topics(settings: Settings) -> None:
     from streams.registry import create_topics as create
 
-    create(settings.kafka.kafka_python_config(), settings.topics)
+    create(kafka_python_options(settings.kafka), settings.topics)
 
 
 # --- traffic ----------------------------------------------------------------------------------
@@ -256,7 +259,7 @@ class Sender:
 
     def send(self, topic_key: str, key: bytes | None, value: bytes | None):
         """Send one record; returns the future of its metadata (partition, offset)."""
-        from agents.app import TOPIC_MODULES
+        from streams.registry import TOPIC_MODULES
 
         future = self.producer.send(self.settings.topics.name(TOPIC_MODULES[topic_key].TOPIC.name), key=key, value=value)
         self.futures.append(future)
@@ -282,7 +285,5 @@ class Sender:
 
 
 def redis_store(settings: Settings):
-    from agents.serving import redis_client
-    from agents.store import ModelStore
 
-    return ModelStore(redis_client(settings), settings.redis.key_prefix)
+    return open_store(settings.redis)

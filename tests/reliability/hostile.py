@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from agents.app import TOPIC_MODULES
+from streams.registry import TOPIC_MODULES
 
 INPUT_TOPICS = ("item_catalog", "user_profiles", "score_requests", "rank_scores", "impressions", "training_samples")
 #: The agents that decode each input topic (a bad impression is a dead letter for each of them).

@@ -20,17 +20,25 @@ import time
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-from agents.app import TOPIC_MODULES
-from agents.convert import record_from_sample
+from core.kafka import kafka_python_options
+from funnel.convert import record_from_sample
 from monitoring.scrape import metric_sum, scrape
 from streams import impressions, rank_scores
 from streams.impressions import Impression
+from streams.registry import TOPIC_MODULES
 from streams.training_samples import CODEC as SAMPLES
 from tests.integration.test_pipeline import _samples
-from tests.reliability.harness import (
-    T0, Sender, TopicReader, Worker, checkpoint_counters, derive, funnel_events, wait_for,
-)
 from tests.integration.workers import send_all
+from tests.reliability.harness import (
+    T0,
+    Sender,
+    TopicReader,
+    Worker,
+    checkpoint_counters,
+    derive,
+    funnel_events,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +56,7 @@ def topic_name(settings, key: str) -> str:
 
 
 def end_offsets(settings, key: str) -> dict[int, int]:
-    consumer = KafkaConsumer(**settings.kafka.kafka_python_config(), group_id=None)
+    consumer = KafkaConsumer(**kafka_python_options(settings.kafka), group_id=None)
     try:
         tps = [TopicPartition(topic_name(settings, key), p) for p in range(settings.topics.partitions)]
         return {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()}
@@ -58,7 +66,7 @@ def end_offsets(settings, key: str) -> dict[int, int]:
 
 def inputs_committed(settings) -> bool:
     """The serving group has committed every rank-scores and impressions offset."""
-    admin = KafkaAdminClient(**settings.kafka.kafka_python_config())
+    admin = KafkaAdminClient(**kafka_python_options(settings.kafka))
     try:
         committed = admin.list_group_offsets(settings.worker.app_id)[settings.worker.app_id]
     finally:

@@ -14,16 +14,29 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from monitoring.scrape import metric_sum, scrape
 from streams import dead_letters, score_responses
 from streams.base import SCHEMA_VERSION
 from streams.exceptions import RecordError
-from agents.app import TOPIC_MODULES
-from monitoring.scrape import metric_sum, scrape
+from streams.registry import TOPIC_MODULES
 from tests.reliability.harness import (
-    Sender, TopicReader, Worker, create_topics, fresh_settings, post, publish_model, wait_for,
+    Sender,
+    TopicReader,
+    Worker,
+    create_topics,
+    fresh_settings,
+    post,
+    publish_model,
+    wait_for,
 )
 from tests.reliability.hostile import (
-    CONSUMERS, INPUT_TOPICS, NOW_MS, any_hostile_record, draw_examples, http_bodies, tricky_requests,
+    CONSUMERS,
+    INPUT_TOPICS,
+    NOW_MS,
+    any_hostile_record,
+    draw_examples,
+    http_bodies,
+    tricky_requests,
 )
 
 HTTP_ERRORS = {400, 411, 413, 422}
@@ -43,7 +56,7 @@ def test_deeply_nested_json_is_a_record_error():
 
 
 def test_one_far_future_event_does_not_make_every_later_event_late():
-    from agents.labels import Feedback, JoinConfig, LabelJoin, Ranked
+    from funnel.labels import Feedback, JoinConfig, LabelJoin, Ranked
 
     join = LabelJoin(JoinConfig(window_ms=60_000))
     join.add_impression("evil", "u0", Feedback("x", ts_ms=NOW_MS * 10))  # year ~7000 is rejected; this is 2508

@@ -13,8 +13,19 @@ import time
 import pytest
 
 from tests.reliability.harness import (
-    Sender, TopicReader, Worker, checkpoint_counters, create_topics, derive, fresh_settings,
-    private_kafka, publish_model, response_ids, score_request, send_funnel, wait_for,
+    Sender,
+    TopicReader,
+    Worker,
+    checkpoint_counters,
+    create_topics,
+    derive,
+    fresh_settings,
+    private_kafka,
+    publish_model,
+    response_ids,
+    score_request,
+    send_funnel,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration

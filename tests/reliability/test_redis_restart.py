@@ -19,8 +19,18 @@ import pytest
 from streams import item_catalog, score_responses
 from streams.item_catalog import CatalogItem
 from tests.reliability.harness import (
-    Sender, TopicReader, Worker, create_topics, derive, fresh_settings, private_redis, redis_store,
-    response_ids, score_request, send_funnel, wait_for,
+    Sender,
+    TopicReader,
+    Worker,
+    create_topics,
+    derive,
+    fresh_settings,
+    private_redis,
+    redis_store,
+    response_ids,
+    score_request,
+    send_funnel,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration

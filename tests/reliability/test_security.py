@@ -16,11 +16,25 @@ from pathlib import Path
 import pytest
 import redis
 
-from prerank.processes import REPO
+from core.kafka import kafka_python_options
+from core.processes import REPO
+from core.redis import redis_client
 from prerank.stack import Kafka, Redis
 from tests.reliability.harness import (
-    Sender, TopicReader, Worker, checkpoint_counters, create_topics, derive, fresh_settings, private_kafka,
-    private_redis, publish_model, redis_store, response_ids, score_request, wait_for,
+    Sender,
+    TopicReader,
+    Worker,
+    checkpoint_counters,
+    create_topics,
+    derive,
+    fresh_settings,
+    private_kafka,
+    private_redis,
+    publish_model,
+    redis_store,
+    response_ids,
+    score_request,
+    wait_for,
 )
 
 PASSWORD = "s3cret-Pa55word-never-logged"
@@ -29,7 +43,7 @@ PRODUCT = ("agents", "streams", "models", "prerank", "monitoring", "replay")
 
 
 def _client(settings):
-    return redis.Redis.from_url(settings.redis.url, **settings.redis.client_kwargs())
+    return redis_client(settings.redis)
 
 
 @pytest.fixture()
@@ -252,7 +266,7 @@ def test_kafka_sasl_from_settings_reaches_every_client_and_a_wrong_password_is_r
     from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    from agents.convert import record_from_sample
+    from funnel.convert import record_from_sample
     from streams.training_samples import CODEC as SAMPLES
     from tests.integration.test_pipeline import _samples
 
@@ -279,7 +293,7 @@ def test_kafka_sasl_from_settings_reaches_every_client_and_a_wrong_password_is_r
     wrong = derive(settings, kafka={"sasl_password": "wrong-password"})
     started = time.monotonic()
     with pytest.raises(KafkaError) as refused:
-        KafkaAdminClient(**wrong.kafka.kafka_python_config(), request_timeout_ms=5000).list_topics()
+        KafkaAdminClient(**kafka_python_options(wrong.kafka), request_timeout_ms=5000).list_topics()
     measure("wrong_password_error", f"{type(refused.value).__name__}: {str(refused.value)[:120]}")
     measure("wrong_password_error_s", round(time.monotonic() - started, 1))
     worker.stop()

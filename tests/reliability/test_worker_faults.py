@@ -15,13 +15,21 @@ import time
 
 import pytest
 
-from agents.convert import record_from_sample
+from funnel.convert import record_from_sample
+from monitoring.scrape import metric_sum, scrape
 from streams.training_samples import CODEC as SAMPLES
 from tests.integration.test_pipeline import _samples
 from tests.integration.workers import send_all
-from monitoring.scrape import metric_sum, scrape
 from tests.reliability.harness import (
-    Sender, TopicReader, Worker, checkpoint_counters, derive, publish_model, response_ids, score_request, wait_for,
+    Sender,
+    TopicReader,
+    Worker,
+    checkpoint_counters,
+    derive,
+    publish_model,
+    response_ids,
+    score_request,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from models.features import ItemFeatures
 from replay.candidates import CandidateConfig, CandidateGenerator
-from replay.exceptions import ConfigError
+from replay.exceptions import ReplayConfigError
 from replay.popularity import DecayedCounter
 
 
@@ -44,7 +44,7 @@ def test_counter_rescales_without_losing_the_ranking():
 
 
 def test_counter_rejects_bad_half_life():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ReplayConfigError):
         DecayedCounter(2, 0)
 
 
@@ -99,5 +99,5 @@ def test_unknown_exposed_item_and_bad_config_raise():
     generator = CandidateGenerator(make_catalog(10))
     with pytest.raises(ValueError, match="not in"):
         generator.build("r", ["nope"])
-    with pytest.raises(ConfigError):
+    with pytest.raises(ReplayConfigError):
         CandidateConfig(n_popular=-1)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replay.events import Exposure
-from replay.exceptions import ConfigError
+from replay.exceptions import ReplayConfigError
 from replay.grouping import group_requests
 
 exposures = st.lists(
@@ -55,5 +55,5 @@ def test_same_millisecond_tab_flips_get_distinct_ids():
 
 
 def test_negative_gap_is_rejected():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ReplayConfigError):
         group_requests([], gap_ms=-1)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replay.metrics import auc, consistency_recall, gauc, hit_rate_at_k, top_k
+from funnel.metrics import auc, consistency_recall, gauc, hit_rate_at_k, top_k
 
 
 def brute_auc(labels, scores) -> float:

@@ -10,11 +10,17 @@ import zlib
 import numpy as np
 import pytest
 
-from models.features import ItemFeatures, RequestSample, UserFeatures
+from models.features import RequestSample, UserFeatures
 from replay.arms import RankerArm, StudentArm
 from replay.candidates import CandidateConfig
-from replay.exceptions import ConfigError
-from replay.offline import OfflineConfig, OfflineFunnel, local_date_ms, sample_rate, user_in_sample
+from replay.exceptions import ReplayConfigError
+from replay.offline import (
+    OfflineConfig,
+    OfflineFunnel,
+    local_date_ms,
+    sample_rate,
+    user_in_sample,
+)
 from replay.synthetic import SyntheticConfig, SyntheticDataWarning, generate
 
 DAY_MS = 86_400_000
@@ -171,17 +177,17 @@ def test_sampling_and_dates():
     assert [user_in_sample(u, 0.25, 1) for u in users] == [user_in_sample(u, 0.25, 1) for u in users]
     assert local_date_ms("2022-05-01") - local_date_ms("20220425") == 6 * DAY_MS
     assert local_date_ms("1970-01-01", utc_offset_hours=0.0) == 0
-    with pytest.raises(ConfigError):
+    with pytest.raises(ReplayConfigError):
         local_date_ms("May 1st")
 
 
 def test_config_validation(dataset):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ReplayConfigError):
         make_config(dataset, eval_from_ms=0)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ReplayConfigError):
         make_config(dataset, rank_k=0)
     arm = RankerArm("same", RecordingRanker(1.0, []), [])
-    with pytest.raises(ConfigError):
+    with pytest.raises(ReplayConfigError):
         OfflineFunnel(dataset, [arm, arm], FakeTeacher(), make_config(dataset))
     assert math.isfinite(make_config(dataset).train_until_ms)
 

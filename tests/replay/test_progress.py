@@ -7,8 +7,8 @@ import math
 
 import pytest
 
+from core.settings import Settings
 from models.baselines import GlobalCTR
-from prerank.settings import Settings
 from replay.evaluation import ConsistencyLog, FeedbackLog, HitRateLog
 from replay.exceptions import ReplayError
 from replay.progress import RunProgress, find_resumable

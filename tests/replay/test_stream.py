@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prerank.settings import Settings
+from core.settings import Settings
 from replay.grouping import group_requests
 from replay.stream import ReplayState, StreamConfig, StreamingReplay
 from replay.synthetic import SyntheticConfig, generate

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from agents.checkpoint import CheckpointDir
-from agents.trainer import MODEL_FILE
+from core.settings import Settings
+from funnel.checkpoint import CheckpointDir
+from funnel.training import MODEL_FILE
 from models.learner import StudentLearner
-from prerank.settings import Settings
 from replay.grouping import group_requests
 from replay.synthetic import SyntheticConfig, generate
 from replay.warm_start import install_as_first_checkpoint, pretrain_student

@@ -7,14 +7,18 @@ import math
 
 import msgpack
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.base import Codec
 from streams.exceptions import RecordError
-from streams.impressions import CODEC as IMPRESSIONS, Impression
-from streams.rank_scores import CODEC as RANK_SCORES, RankScores
+from streams.impressions import CODEC as IMPRESSIONS
+from streams.impressions import Impression
+from streams.rank_scores import CODEC as RANK_SCORES
+from streams.rank_scores import RankScores
 from streams.registry import ALL_TOPICS
-from streams.score_requests import CODEC as REQUESTS, MAX_CANDIDATES, ScoreRequest
+from streams.score_requests import CODEC as REQUESTS
+from streams.score_requests import MAX_CANDIDATES, ScoreRequest
 from streams.training_samples import CODEC as SAMPLES
 
 ids = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20)

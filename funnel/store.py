@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from core.redis import redis_client
+from core.settings import RedisSettings
 from models.features import ItemFeatures
 
 CHUNK = 2000  # keys per pipelined MSET / MGET round trip
@@ -149,3 +151,8 @@ class ModelStore:
             data = json.loads(raw)
             out.append(ItemFeatures(item_id, data["author_id"], tuple(data["tags"]), data["duration_ms"]))
         return out
+
+
+def open_store(settings: RedisSettings) -> ModelStore:
+    """The store on a client from the one Redis factory, under the configured key prefix."""
+    return ModelStore(redis_client(settings), settings.key_prefix)

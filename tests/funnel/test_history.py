@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.history import HistoryConfig, UserHistory, local_hour_and_weekday
+from funnel.history import HistoryConfig, UserHistory, local_hour_and_weekday
 from models.features import ItemFeatures
 
 

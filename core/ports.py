@@ -1,4 +1,4 @@
-"""Free loopback ports for the workers that tests and benchmarks start.
+"""Free loopback ports for the workers that tests and benchmarks start, and a check that one listens.
 
 A port from ``bind(0)`` lies in the kernel's ephemeral range, where outgoing connections (every
 Kafka and Redis client) take their local ports too: between picking it and a worker binding it, a
@@ -33,3 +33,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         _handed_out.add(port)
         return port
     raise OSError(f"no free port on {host} in {LOW}-{HIGH - 1}")
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False

@@ -24,7 +24,7 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
 class KafkaSettings(BaseModel):
-    """Broker address and security, handed to both kafka-python and Faust/aiokafka."""
+    """Broker address and security; :mod:`core.kafka` renders them for every client."""
 
     model_config = _FROZEN
 
@@ -37,27 +37,10 @@ class KafkaSettings(BaseModel):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
 
-    def kafka_python_config(self) -> dict[str, Any]:
-        """Keyword arguments for kafka-python clients (producer, consumer, admin)."""
-        config: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers.split(","),
-            "security_protocol": self.security_protocol,
-        }
-        if self.sasl_mechanism:
-            config["sasl_mechanism"] = self.sasl_mechanism
-            config["sasl_plain_username"] = self.sasl_username
-            config["sasl_plain_password"] = (
-                self.sasl_password.get_secret_value() if self.sasl_password else None
-            )
-        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            value = getattr(self, key)
-            if value is not None:
-                config[key] = str(value)
-        return config
 
 
 class RedisSettings(BaseModel):
-    """Item-vector cache. The password never appears in ``repr`` or logs."""
+    """Item-vector cache (clients from :func:`core.redis.redis_client`). The password never appears in ``repr`` or logs."""
 
     model_config = _FROZEN
 
@@ -69,23 +52,6 @@ class RedisSettings(BaseModel):
     socket_timeout_s: float = 0.5
     key_prefix: str = "prerank"
 
-    def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``redis.Redis.from_url(self.url, **kwargs)``."""
-        kwargs: dict[str, Any] = {
-            "socket_timeout": self.socket_timeout_s,
-            "socket_connect_timeout": self.socket_timeout_s,
-        }
-        if self.username:
-            kwargs["username"] = self.username
-        if self.password is not None:
-            kwargs["password"] = self.password.get_secret_value()
-        if self.tls:
-            import redis
-
-            kwargs["connection_class"] = redis.SSLConnection
-            if self.tls_ca_certs is not None:
-                kwargs["ssl_ca_certs"] = str(self.tls_ca_certs)
-        return kwargs
 
 
 class TopicSettings(BaseModel):

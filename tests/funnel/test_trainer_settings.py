@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agents.trainer import new_learner
-from prerank.settings import Settings
+from core.settings import Settings
+from funnel.training import new_learner
 
 
 def test_ftrl_l1_comes_from_the_settings():

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.dedupe import RecentIds
+from funnel.dedupe import RecentIds
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,4 +1,4 @@
-"""The trainer's checkpoint directory (``agents.checkpoint``): save, latest, prune, crashes mid-save
+"""The trainer's checkpoint directory (``funnel.checkpoint``): save, latest, prune, crashes mid-save
 and the order of fsyncs against the flip of ``LATEST``."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import agents.checkpoint as checkpoint_module
-from agents.checkpoint import CheckpointDir
+import funnel.checkpoint as checkpoint_module
+from funnel.checkpoint import CheckpointDir
 
 
 def model_writer(text: str, extra: dict[str, str] | None = None):

@@ -6,8 +6,8 @@ import random
 
 import numpy as np
 
-from agents.scoring import Scorer, VectorLRU
-from agents.store import ModelStore
+from funnel.scoring import Scorer, VectorLRU
+from funnel.store import ModelStore
 from models.features import ItemFeatures, UserFeatures
 from models.two_tower import TwoTowerConfig, TwoTowerStudent
 from streams.score_requests import ScoreRequest

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.labels import (
+from funnel.labels import (
     Feedback,
     JoinConfig,
     LabelConfig,
@@ -240,7 +240,7 @@ def test_pure_modules_import_no_broker_or_store_client():
     import sys
 
     code = (
-        "import sys, agents.labels, agents.history\n"
+        "import sys, funnel.labels, funnel.history\n"
         "bad = sorted({m.split('.')[0] for m in sys.modules} & {'faust', 'kafka', 'aiokafka', 'redis'})\n"
         "print(','.join(bad))\n"
     )

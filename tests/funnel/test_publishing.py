@@ -3,16 +3,15 @@ writes, the flip of ``current`` after everything else, evicted items deleted, ve
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 
 import numpy as np
 import pytest
-import redis
 
-from agents.publishing import Publisher
-from agents.store import ModelStore
+from core.redis import redis_client
+from funnel.publishing import Publisher
+from funnel.store import ModelStore
 from models.export import export_bytes, load_student_bytes
 from models.learner import StudentLearner
 from models.synthetic import SyntheticRequests
@@ -27,7 +26,7 @@ TTL_S = 120
 @pytest.fixture()
 def client(base_settings):
     need_service("Redis", base_settings.stack.host, base_settings.stack.redis_port)
-    real = redis.Redis.from_url(base_settings.redis.url, **base_settings.redis.client_kwargs())
+    real = redis_client(base_settings.redis)
     prefix = f"t{uuid.uuid4().hex[:8]}"
     yield real, prefix
     keys = list(real.scan_iter(f"{prefix}:*"))

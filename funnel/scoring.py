@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from itertools import repeat
 
 import numpy as np
-from redis.exceptions import RedisError
 
+from core.redis import RedisUnavailable
 from models.features import ItemFeatures, UserFeatures
 from streams.score_requests import ScoreRequest
 from streams.score_responses import ScoreResponse
@@ -128,7 +128,7 @@ class Scorer:
     Parameters
     ----------
     store
-        An :class:`agents.store.ModelStore`.
+        An :class:`funnel.store.ModelStore`.
     load_model
         Turns a version's exported weights into an object with ``user_vector(user)``,
         ``item_vectors(items)`` and ``logits_from_vectors(u, V)``.
@@ -180,7 +180,7 @@ class Scorer:
             weights = self.store.weights(current)
             meta = self.store.meta(current) or {}
             self.redis_ok = True
-        except RedisError as exc:
+        except RedisUnavailable as exc:
             self._redis_failed(exc)
             return False
         if weights is None or current in self._rejected:  # expired between the reads / known bad
@@ -276,7 +276,7 @@ class Scorer:
         if self.redis_ok:
             try:
                 found, fetched = self.store.vector_rows(self.version, [item_ids[i] for i in missing], self.dtype)
-            except RedisError as exc:
+            except RedisUnavailable as exc:
                 self._redis_failed(exc)
                 found, fetched = np.zeros(len(missing), dtype=bool), None
             if found.any():
@@ -303,7 +303,7 @@ class Scorer:
                 for item_id, features in zip(lookup, self.store.items(lookup)):
                     if features is not None:
                         self.catalog[item_id] = features
-            except RedisError as exc:
+            except RedisUnavailable as exc:
                 self._redis_failed(exc)
         features = [self.catalog.get(item) or ItemFeatures(item) for item in item_ids]
         unknown = sum(1 for item in item_ids if item not in self.catalog)

@@ -1,4 +1,4 @@
-"""Record <-> model conversions (``agents.convert``): round trips over generated values.
+"""Record <-> model conversions (``funnel.convert``): round trips over generated values.
 
 A training record goes through the joiner (model -> record), the topic (record -> bytes -> record)
 and the trainer (record -> model); whatever went in must come out, ``nan`` teacher logits as
@@ -13,8 +13,12 @@ from types import MappingProxyType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.convert import (
-    item_from_catalog, profile_fields, record_from_sample, sample_from_record, snapshot_from_user,
+from funnel.convert import (
+    item_from_catalog,
+    profile_fields,
+    record_from_sample,
+    sample_from_record,
+    snapshot_from_user,
     user_from_snapshot,
 )
 from models.features import OBJECTIVES, ItemFeatures, RequestSample, UserFeatures

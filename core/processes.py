@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, SecretStr
 
-from prerank.settings import Settings
+from core.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ class Worker:
             stdin=subprocess.DEVNULL,
             # Its own session: a Ctrl-C at the terminal reaches the parent only, which drains the
             # requests in flight before it stops its workers. With --parent-pid the worker stops
-            # itself if this process dies first (prerank.parent_watch).
+            # itself if this process dies first (core.parent_watch).
             start_new_session=True,
         )
 
