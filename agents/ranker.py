@@ -16,7 +16,9 @@ import numpy as np
 
 from agents.app import Runtime
 from core.errors import PrerankError
+from funnel.catalog import ItemCatalog
 from funnel.convert import user_from_snapshot
+from funnel.metrics import recall_in_ranking
 from funnel.store import open_store
 from models.features import ItemFeatures
 from models.losses import combine
@@ -59,10 +61,10 @@ class ConsistencyMonitor:
         candidates = list(dict.fromkeys(response.audit_candidates))
         objectives = teacher.score_objectives(user_from_snapshot(response.user), features(candidates))
         combined = np.asarray(combine(objectives, teacher.objective_weights))
-        best = {candidates[i] for i in np.argsort(-combined, kind="stable")[: self.n]}
-        ranked = [item.item_id for item in response.items]
+        index = {item_id: i for i, item_id in enumerate(candidates)}
+        ranking = [index[item.item_id] for item in response.items if item.item_id in index]
         for k, window in self.recalls.items():
-            window.append(len(best & set(ranked[:k])) / len(best))
+            window.append(recall_in_ranking(combined, ranking[:k], self.n))
         return {k: float(np.mean(window)) for k, window in self.recalls.items()}
 
 
@@ -74,15 +76,9 @@ def install(runtime: Runtime, metrics: PrerankMetrics, serving=None):
     if path is None or not path.exists():
         raise PrerankError(f"the fine ranker needs a teacher model file; set PRERANK_WORKER__TEACHER_PATH (got {path})")
     teacher = TeacherLearner.load(path)
-    store = serving.store if serving is not None else open_store(settings.redis)
-    catalog: dict[str, ItemFeatures] = serving.catalog if serving is not None else {}
-
-    def features(item_ids: list[str]) -> list[ItemFeatures]:
-        missing = [i for i in item_ids if i not in catalog]
-        if missing:
-            for item_id, found in zip(missing, store.items(missing)):
-                catalog[item_id] = found or ItemFeatures(item_id)
-        return [catalog[i] for i in item_ids]
+    catalog = serving.catalog if serving is not None else ItemCatalog(
+        open_store(settings.redis), capacity=settings.worker.catalog_items)
+    features = catalog.features
 
     consistency = ConsistencyMonitor(n=settings.model.top_n)
 

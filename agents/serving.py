@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from faust import web as faust_web
 from pydantic import ValidationError
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from agents.app import Runtime
 from agents.join_tables import JoinTables, check_store
 from core.redis import RedisUnavailable
+from funnel.catalog import ItemCatalog
 from funnel.convert import (
     item_from_catalog,
     profile_fields,
@@ -30,7 +31,6 @@ from funnel.history import HistoryConfig, UserHistory, local_hour_and_weekday
 from funnel.labels import JoinConfig, LabelConfig, LabelJoin, build_request_sample
 from funnel.scoring import Scorer
 from funnel.store import ModelStore, open_store
-from models.features import ItemFeatures
 from monitoring.metrics import PrerankMetrics
 from streams import (
     impressions,
@@ -61,20 +61,9 @@ class Serving:
     runtime: Runtime
     metrics: PrerankMetrics
     store: ModelStore
+    catalog: ItemCatalog
     history_config: HistoryConfig = HistoryConfig()
-    catalog: dict[str, ItemFeatures] = field(default_factory=dict)
-
-    def item_features(self, item_ids) -> list[ItemFeatures]:
-        """Catalog features (local dict, then Redis); a bare id when the catalog lacks an item."""
-        missing = [item for item in item_ids if item not in self.catalog]
-        if missing:
-            try:
-                for item_id, found in zip(missing, self.store.items(missing)):
-                    if found is not None:
-                        self.catalog[item_id] = found
-            except RedisUnavailable as exc:
-                log.warning("catalog lookup failed: %s", exc)
-        return [self.catalog.get(item) or ItemFeatures(item) for item in item_ids]
+    scorer: Scorer | None = None
 
 
 async def with_retries(write, what: str, first_delay_s: float = 0.2, max_delay_s: float = 5.0) -> None:
@@ -93,7 +82,8 @@ async def with_retries(write, what: str, first_delay_s: float = 0.2, max_delay_s
 def install(runtime: Runtime, metrics: PrerankMetrics, agents: set[str]) -> Serving:
     settings = runtime.settings
     app = runtime.app
-    serving = Serving(runtime, metrics, open_store(settings.redis))
+    store = open_store(settings.redis)
+    serving = Serving(runtime, metrics, store, ItemCatalog(store, capacity=settings.worker.catalog_items))
     history = app.Table("user-history", default=None, partitions=settings.topics.partitions)
     profiles = app.Table("user-profiles", default=None, partitions=settings.topics.partitions)
 
@@ -108,13 +98,13 @@ def install(runtime: Runtime, metrics: PrerankMetrics, agents: set[str]) -> Serv
             async for event in stream.events():
                 if event.value is None and event.key is not None:  # compaction tombstone
                     item_id = event.key.decode(errors="replace")
-                    serving.catalog.pop(item_id, None)
+                    serving.catalog.remove(item_id)
                     await with_retries(lambda: serving.store.delete_item(item_id), "catalog delete")
                     continue
                 record = await runtime.decode(item_catalog.CODEC, event, "catalog")
                 if record is not None:
                     item = item_from_catalog(record)
-                    serving.catalog[item.item_id] = item
+                    serving.catalog.put(item)
                     await with_retries(lambda: serving.store.put_items([item]), "catalog write")
 
         @app.agent(runtime.topic("user_profiles"), name="profiles")
@@ -134,7 +124,7 @@ def install(runtime: Runtime, metrics: PrerankMetrics, agents: set[str]) -> Serv
                 state = history.get(record.user_id)
                 user = (UserHistory.from_dict(state, serving.history_config) if state
                         else UserHistory(record.user_id, serving.history_config))
-                user.observe(serving.item_features([record.item_id])[0], record.ts_ms)
+                user.observe(serving.catalog.features([record.item_id])[0], record.ts_ms)
                 history[record.user_id] = user.to_dict()
 
     if "joiner" in agents:
@@ -176,7 +166,7 @@ def _install_joiner(runtime: Runtime, serving: Serving) -> None:
                 continue
             user = user_from_snapshot(UserSnapshot.model_validate(part.user))
             ids = [r.item_id for r in part.ranked] + list(part.candidates) + [f.item_id for f in part.impressions]
-            features = serving.item_features(list(dict.fromkeys(ids)))
+            features = serving.catalog.features(list(dict.fromkeys(ids)))
             sample = build_request_sample(
                 part.request_id, part.ts_ms, user, features, part.ranked, part.impressions, label_config,
             )
@@ -258,7 +248,7 @@ def _install_scorer(runtime: Runtime, serving: Serving, snapshot) -> None:
     scorer = Scorer(
         serving.store, load_student, dtype=worker.vector_dtype, lru_items=worker.local_cache_items,
         max_candidates=worker.max_candidates, max_k=worker.max_k,
-        easy_negatives=settings.model.easy_negatives, audit_every=worker.audit_every,
+        easy_negatives=settings.model.easy_negatives, audit_every=worker.audit_every, catalog=serving.catalog,
     )
     metrics = serving.metrics
 

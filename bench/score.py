@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from funnel.metrics import top_k
 from funnel.scoring import Scorer
 from funnel.store import ModelStore
 from models.learner import StudentLearner
@@ -40,14 +41,6 @@ class _NoVersionChange:
 
     def mget(self, keys):
         return [None] * len(keys)
-
-
-def top_k(logits: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest logits, best first."""
-    if k >= logits.shape[0]:
-        return np.argsort(-logits)
-    best = np.argpartition(-logits, k - 1)[:k]
-    return best[np.argsort(-logits[best])]
 
 
 def percentiles(samples_s: list[float]) -> tuple[float, float]:

@@ -202,7 +202,8 @@ def topic_result(outcome: dict, config: ScoringConfig) -> dict:
 
 def in_process(settings: Settings, config: ScoringConfig, store, generator, catalog, requests, n_warm: int) -> dict:
     """Scorer.score with a warm LRU, with Redis only, and the naive item tower, on the same requests."""
-    from funnel.scoring import Scorer, top_k
+    from funnel.metrics import top_k
+    from funnel.scoring import Scorer
     from models.export import load_student_bytes
 
     by_id = {item.item_id: item for item in catalog}

@@ -127,6 +127,7 @@ class WorkerSettings(BaseModel):
     max_candidates: int = Field(default=5000, ge=1)
     max_k: int = Field(default=1000, ge=1)
     local_cache_items: int = Field(default=50_000, ge=0)
+    catalog_items: int = Field(default=200_000, ge=1)  # item features held per worker (LRU over Redis)
     torch_threads: int = Field(default=1, ge=1)  # per worker process: workers share the cores
     teacher_path: Path | None = None  # the simulated fine ranker's model (written by `prerank replay`)
     rank_k: int = Field(default=100, ge=1)  # how many of the pre-ranker's top items the fine ranker scores

@@ -21,6 +21,8 @@ from itertools import repeat
 import numpy as np
 
 from core.redis import RedisUnavailable
+from funnel.catalog import ItemCatalog
+from funnel.metrics import top_k
 from models.features import ItemFeatures, UserFeatures
 from streams.score_requests import ScoreRequest
 from streams.score_responses import ScoreResponse
@@ -107,21 +109,6 @@ class VectorLRU:
         return slot
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest scores, best first (ties: lower index first).
-
-    >>> top_k(np.array([0.1, 0.9, 0.5, 0.9]), 3).tolist()
-    [1, 3, 2]
-    """
-    k = min(k, scores.shape[0])
-    if k < scores.shape[0]:
-        candidates = np.argpartition(-scores, k - 1)[:k]
-    else:
-        candidates = np.arange(scores.shape[0])
-    order = np.lexsort((candidates, -scores[candidates]))
-    return candidates[order]
-
-
 class Scorer:
     """Answers score requests with the current model version.
 
@@ -129,6 +116,8 @@ class Scorer:
     ----------
     store
         An :class:`funnel.store.ModelStore`.
+    catalog
+        The worker's :class:`funnel.catalog.ItemCatalog` (a private one over ``store`` if omitted).
     load_model
         Turns a version's exported weights into an object with ``user_vector(user)``,
         ``item_vectors(items)`` and ``logits_from_vectors(u, V)``.
@@ -147,8 +136,10 @@ class Scorer:
         easy_negatives: int = 20,
         audit_every: int = 20,
         clock: Callable[[], float] = time.monotonic,
+        catalog: ItemCatalog | None = None,
     ) -> None:
         self.store = store
+        self.catalog = catalog if catalog is not None else ItemCatalog(store)
         self.load_model = load_model
         self.dtype = dtype
         self.lru = VectorLRU(lru_items)
@@ -160,7 +151,6 @@ class Scorer:
         self.clock = clock
         self.version: int | None = None
         self.model = None
-        self.catalog: dict[str, ItemFeatures] = {}
         self.redis_ok = True
         self._rejected: set[int] = set()
         self._checked_at = -float("inf")
@@ -297,14 +287,9 @@ class Scorer:
 
     def _features(self, item_ids: list[str]) -> tuple[list[ItemFeatures], int]:
         """Catalog features for items the version lacks; bare ids (fallback rows) if unknown."""
-        lookup = [item for item in item_ids if item not in self.catalog]
-        if lookup and self.redis_ok:
+        if self.redis_ok:
             try:
-                for item_id, features in zip(lookup, self.store.items(lookup)):
-                    if features is not None:
-                        self.catalog[item_id] = features
+                return self.catalog.lookup(item_ids)
             except RedisUnavailable as exc:
                 self._redis_failed(exc)
-        features = [self.catalog.get(item) or ItemFeatures(item) for item in item_ids]
-        unknown = sum(1 for item in item_ids if item not in self.catalog)
-        return features, unknown
+        return self.catalog.lookup(item_ids, fetch=False)

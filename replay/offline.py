@@ -15,6 +15,12 @@ Replay in event-time order, request by request (pages from :mod:`replay.grouping
 
 History and popularity see every request (sampled users or not) after it is processed, so a
 snapshot never contains its own request's behaviour.
+
+An arm with ``learns_from_log = True`` (the peers of :mod:`replay.peers`) is a log learner: it
+learns the teacher's sample of every request, pre-fit and unsampled users included, right after the
+request (and after its scores when replayed), so it learns every logged exposure from the log's
+start, the events the fine ranker learns. It gets no cascade samples, and its top-``rank_k`` is not
+sent to the teacher.
 """
 
 from __future__ import annotations
@@ -118,6 +124,8 @@ class OfflineFunnel:
             raise ReplayConfigError(f"arm names must be unique, got {names}")
         self.dataset = dataset
         self.arms = tuple(arms)
+        self._log_learners = tuple(arm for arm in self.arms if getattr(arm, "learns_from_log", False))
+        self._funnel_arms = tuple(arm for arm in self.arms if not getattr(arm, "learns_from_log", False))
         self.teacher = teacher
         self.config = config
         self.generator = CandidateGenerator(dataset.catalog, config.candidates)
@@ -187,8 +195,11 @@ class OfflineFunnel:
     # ------------------------------------------------------------------ one request
     def _teacher_only(self, request: Request, counter: str) -> None:
         """A request outside the funnel (pre-fit period or unsampled user): the teacher learns it."""
-        self._teacher_batch.append(self._teacher_sample(request, self._snapshot(request)))
+        sample = self._teacher_sample(request, self._snapshot(request))
+        self._teacher_batch.append(sample)
         self._learn()
+        for arm in self._log_learners:
+            arm.learn([sample])
         self._after(request)
         self.counts[counter] += 1
 
@@ -207,7 +218,7 @@ class OfflineFunnel:
         position = {exposed_ids[order[p]]: int(p) for p in exposed_positions}
         items = [self.generator.items[i] for i in candidates]
         arm_scores = {arm.name: np.asarray(arm.score(user, candidates), dtype=np.float64) for arm in self.arms}
-        arm_tops = {name: top_k(scores, config.rank_k) for name, scores in arm_scores.items()}
+        arm_tops = {arm.name: top_k(arm_scores[arm.name], config.rank_k) for arm in self._funnel_arms}
 
         check_consistency = evaluate and self.counts["eval_requests"] % config.consistency_every == 0
         if check_consistency:
@@ -224,7 +235,7 @@ class OfflineFunnel:
         teacher_at = {int(p): k for k, p in enumerate(scored)}
 
         feedback = self._feedback(request)
-        for arm in self.arms:
+        for arm in self._funnel_arms:
             # the fine ranker ranks what this arm let through, plus what was shown (it passed the funnel)
             ranked_positions = np.unique(np.concatenate([exposed_positions, arm_tops[arm.name]]))
             ranked = _rank(items, ranked_positions, [teacher_at[int(p)] for p in ranked_positions], objectives, combined)
@@ -233,8 +244,11 @@ class OfflineFunnel:
             )
         if evaluate:
             self._evaluate(request, position, arm_scores, objectives, teacher_at, combined if check_consistency else None)
-        self._teacher_batch.append(self._teacher_sample(request, user))
+        sample = self._teacher_sample(request, user)
+        self._teacher_batch.append(sample)
         self._learn()
+        for arm in self._log_learners:
+            arm.learn([sample])
         self._after(request)
 
     def _evaluate(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from funnel.metrics import top_k
 from replay.exceptions import ReplayConfigError
 
 _RESCALE_ABOVE = 2.0**500
@@ -64,8 +65,7 @@ class DecayedCounter:
         if k == 0:
             top = np.empty(0, dtype=np.int64)
         else:
-            part = np.argpartition(-counts, k - 1)[:k] if k < len(counts) else np.arange(len(counts))
-            top = part[np.argsort(-counts[part], kind="stable")].astype(np.int64)
+            top = top_k(counts, k)
             top = top[counts[top] > 0]
         self._cached = (ts_ms, n, top)
         return top

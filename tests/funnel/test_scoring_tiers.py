@@ -56,7 +56,9 @@ def test_scorer_tiers_give_the_stored_and_the_computed_vectors():
     for item, vector in zip(items[:6], published):
         store.client.data[store.vector_key(1, item.item_id)] = vector.tobytes()
     scorer = Scorer(store, lambda _: student, lru_items=4, audit_every=0)
-    scorer.model, scorer.version, scorer.catalog = student, 1, {i.item_id: i for i in items}
+    scorer.model, scorer.version = student, 1
+    for item in items:
+        scorer.catalog.put(item)
     ids = ["i0", "i7", "i1", "i9", "i1", "zz"]
     vectors, tiers, unknown = scorer._item_vectors(ids)
     assert tiers == {"local": 0, "redis": 3, "computed": 3} and unknown == 1
@@ -148,7 +150,9 @@ def test_a_response_ranks_the_top_k_and_samples_easy_negatives_outside_it():
     student = TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1, seed=3))
     items = [ItemFeatures(f"i{k}", author_id=f"a{k % 7}", tags=(f"t{k % 5}",)) for k in range(60)]
     scorer = Scorer(ModelStore(FakeRedis(), "p"), lambda _: student, easy_negatives=8, audit_every=0)
-    scorer.model, scorer.version, scorer.catalog = student, 1, {i.item_id: i for i in items}
+    scorer.model, scorer.version = student, 1
+    for item in items:
+        scorer.catalog.put(item)
     request = ScoreRequest(request_id="r7", user_id="u", ts_ms=0, candidates=[i.item_id for i in items], k=5)
     user = UserFeatures("u", history_items=("i3",))
     response = scorer.score(request, user)
