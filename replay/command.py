@@ -28,8 +28,8 @@ from replay.load import load_dataset
 from replay.offline import local_date_ms
 from replay.progress import RunProgress, find_resumable
 from replay.sparsity import request_samples, sweep
+from replay.state import ReplayState
 from replay.stream import (
-    ReplayState,
     StreamConfig,
     StreamingReplay,
     prefit_teacher,

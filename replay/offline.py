@@ -34,9 +34,8 @@ from typing import Protocol
 
 import numpy as np
 
-from funnel.history import HistoryConfig, UserHistory
+from funnel.history import HistoryConfig
 from funnel.labels import (
-    Feedback,
     LabelConfig,
     Ranked,
     build_request_sample,
@@ -45,12 +44,13 @@ from funnel.labels import (
 from funnel.metrics import top_k
 from models.features import ItemFeatures, RequestSample, UserFeatures
 from replay.arms import Arm
-from replay.candidates import CandidateConfig, CandidateGenerator
+from replay.candidates import CandidateConfig
 from replay.dataset import Dataset
 from replay.evaluation import ConsistencyLog, FeedbackLog, HitRateLog
 from replay.events import Request
 from replay.exceptions import ReplayConfigError
 from replay.grouping import DEFAULT_GAP_MS, group_requests
+from replay.state import ReplayState, feedback_of
 
 TEACHER_WEIGHTS: Mapping[str, float] = {"click": 1.0, "long_view": 1.0, "like": 0.5}
 
@@ -128,8 +128,7 @@ class OfflineFunnel:
         self._funnel_arms = tuple(arm for arm in self.arms if not getattr(arm, "learns_from_log", False))
         self.teacher = teacher
         self.config = config
-        self.generator = CandidateGenerator(dataset.catalog, config.candidates)
-        self.histories: dict[str, UserHistory] = {}
+        self.state = ReplayState(dataset, config)
         self.feedback = {arm.name: FeedbackLog() for arm in self.arms}
         self.teacher_feedback = FeedbackLog()
         self.consistency = {arm.name: ConsistencyLog(config.labels.top_n, config.consistency_ks) for arm in self.arms}
@@ -141,44 +140,7 @@ class OfflineFunnel:
         self._teacher_learn_s = 0.0
         self.counts = {"prefit_requests": 0, "replay_requests": 0, "eval_requests": 0, "skipped_users_requests": 0}
 
-    # ------------------------------------------------------------------ state helpers
-    def history(self, user_id: str) -> UserHistory:
-        history = self.histories.get(user_id)
-        if history is None:
-            seed = self.dataset.history_seeds.get(user_id)
-            if seed is None:
-                history = UserHistory(user_id, self.config.history)
-            else:
-                history = UserHistory.seeded(
-                    user_id, seed.item_ids, seed.last_ts_ms, self.dataset.catalog, self.config.history
-                )
-            self.histories[user_id] = history
-        return history
-
-    def _after(self, request: Request) -> None:
-        history = self.history(request.user_id)
-        for exposure in request.exposures:
-            history.observe(self.dataset.catalog[exposure.item_id], exposure.ts_ms)
-            self.generator.observe(exposure.item_id, exposure.ts_ms)
-
-    def _snapshot(self, request: Request) -> UserFeatures:
-        profile = self.dataset.profiles.get(request.user_id)
-        return self.history(request.user_id).snapshot(request.ts_ms, request.tab, profile)
-
-    @staticmethod
-    def _feedback(request: Request) -> list[Feedback]:
-        return [
-            Feedback(e.item_id, e.ts_ms, position, e.click, e.long_view, e.like, e.play_ms)
-            for position, e in enumerate(request.exposures)
-        ]
-
-    def _teacher_sample(self, request: Request, user: UserFeatures) -> RequestSample:
-        items = [self.dataset.catalog[i] for i in request.item_ids]
-        return build_request_sample(
-            request.request_id, request.ts_ms, user, items, (), self._feedback(request),
-            LabelConfig(top_n=1, n_easy_negatives=0),
-        )  # fmt: skip
-
+    # ------------------------------------------------------------------ learning
     def _learn(self, force: bool = False) -> None:
         """Arms learn every ``batch_requests`` requests, the teacher every ``teacher_batch_requests``."""
         for arm in self.arms:
@@ -195,20 +157,20 @@ class OfflineFunnel:
     # ------------------------------------------------------------------ one request
     def _teacher_only(self, request: Request, counter: str) -> None:
         """A request outside the funnel (pre-fit period or unsampled user): the teacher learns it."""
-        sample = self._teacher_sample(request, self._snapshot(request))
+        sample = self.state.logged_sample(request, self.state.snapshot(request))
         self._teacher_batch.append(sample)
         self._learn()
         for arm in self._log_learners:
             arm.learn([sample])
-        self._after(request)
+        self.state.after(request)
         self.counts[counter] += 1
 
     def _replay(self, request: Request, evaluate: bool) -> None:
         config = self.config
-        user = self._snapshot(request)
-        history = self.history(request.user_id)
+        user = self.state.snapshot(request)
+        history = self.state.history(request.user_id)
         start = time.perf_counter()
-        candidates = self.generator.build(request.request_id, request.item_ids, history.authors, history.tags, request.ts_ms)
+        candidates = self.state.generator.build(request.request_id, request.item_ids, history.authors, history.tags, request.ts_ms)
         self._candidate_build_s.append(time.perf_counter() - start)
         exposed_ids = list(dict.fromkeys(request.item_ids))
         # Shuffled, so that an arm with tied scores cannot rank exposed items first by position.
@@ -216,7 +178,7 @@ class OfflineFunnel:
         candidates = candidates[order]
         exposed_positions = np.flatnonzero(order < len(exposed_ids))
         position = {exposed_ids[order[p]]: int(p) for p in exposed_positions}
-        items = [self.generator.items[i] for i in candidates]
+        items = [self.state.generator.items[i] for i in candidates]
         arm_scores = {arm.name: np.asarray(arm.score(user, candidates), dtype=np.float64) for arm in self.arms}
         arm_tops = {arm.name: top_k(arm_scores[arm.name], config.rank_k) for arm in self._funnel_arms}
 
@@ -234,7 +196,7 @@ class OfflineFunnel:
         combined = sum(w * objectives[o] for o, w in config.teacher_weights.items() if o in objectives)
         teacher_at = {int(p): k for k, p in enumerate(scored)}
 
-        feedback = self._feedback(request)
+        feedback = feedback_of(request)
         for arm in self._funnel_arms:
             # the fine ranker ranks what this arm let through, plus what was shown (it passed the funnel)
             ranked_positions = np.unique(np.concatenate([exposed_positions, arm_tops[arm.name]]))
@@ -244,12 +206,12 @@ class OfflineFunnel:
             )
         if evaluate:
             self._evaluate(request, position, arm_scores, objectives, teacher_at, combined if check_consistency else None)
-        sample = self._teacher_sample(request, user)
+        sample = self.state.logged_sample(request, user)
         self._teacher_batch.append(sample)
         self._learn()
         for arm in self._log_learners:
             arm.learn([sample])
-        self._after(request)
+        self.state.after(request)
 
     def _evaluate(
         self,

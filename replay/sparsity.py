@@ -24,14 +24,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from funnel.labels import LabelConfig, build_request_sample
 from funnel.metrics import auc
 from models.export import size_report
 from models.ftrl import FTRLConfig
 from models.learner import StudentLearner
 from models.losses import StudentObjective
 from models.two_tower import TwoTowerConfig
-from replay.stream import ReplayState, StreamConfig, feedback_of
+from replay.state import ReplayState
+from replay.stream import StreamConfig
 
 DEFAULT_L1 = (0.0, 0.1, 0.5, 1.0, 2.0)
 
@@ -42,9 +42,7 @@ def request_samples(dataset, requests) -> list:
     state = ReplayState(dataset, StreamConfig(train_until_ms=0, eval_from_ms=0))
     samples = []
     for request in requests:
-        items = [dataset.catalog[i] for i in request.item_ids]
-        samples.append(build_request_sample(request.request_id, request.ts_ms, state.snapshot(request), items, (),
-                                            feedback_of(request), LabelConfig(top_n=1, n_easy_negatives=0)))
+        samples.append(state.logged_sample(request, state.snapshot(request)))
         state.after(request)
     return samples
 

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,18 +35,19 @@ from kafka.errors import KafkaError
 
 from core.kafka import kafka_python_options
 from core.settings import Settings
-from funnel.history import HistoryConfig, UserHistory
-from funnel.labels import Feedback, LabelConfig, build_request_sample, request_rng
+from funnel.history import HistoryConfig
+from funnel.labels import request_rng
 from funnel.metrics import auc, consistency_recall
 from models.features import UserFeatures
 from models.losses import combine
-from replay.candidates import CandidateConfig, CandidateGenerator
+from replay.candidates import CandidateConfig
 from replay.dataset import Dataset
 from replay.evaluation import ConsistencyLog, FeedbackLog, HitRateLog
 from replay.events import Request
 from replay.exceptions import ReplayInterrupted, ReplayStalled
 from replay.grouping import DEFAULT_GAP_MS, group_requests
 from replay.offline import sample_rate, user_in_sample
+from replay.state import ReplayState
 from streams import (
     impressions,
     item_catalog,
@@ -94,43 +95,6 @@ class Outstanding:
     sent_at: float
 
 
-@dataclass
-class ReplayState:
-    """The replay's own view of users and popularity, for building candidate sets."""
-
-    dataset: Dataset
-    config: StreamConfig
-    histories: dict[str, UserHistory] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.generator = CandidateGenerator(self.dataset.catalog, self.config.candidates)
-
-    def history(self, user_id: str) -> UserHistory:
-        history = self.histories.get(user_id)
-        if history is None:
-            seed = self.dataset.history_seeds.get(user_id)
-            history = (UserHistory.seeded(user_id, seed.item_ids, seed.last_ts_ms, self.dataset.catalog,
-                                          self.config.history)
-                       if seed is not None else UserHistory(user_id, self.config.history))
-            self.histories[user_id] = history
-        return history
-
-    def snapshot(self, request: Request) -> UserFeatures:
-        return self.history(request.user_id).snapshot(
-            request.ts_ms, request.tab, self.dataset.profiles.get(request.user_id))
-
-    def after(self, request: Request) -> None:
-        history = self.history(request.user_id)
-        for exposure in request.exposures:
-            history.observe(self.dataset.catalog[exposure.item_id], exposure.ts_ms)
-            self.generator.observe(exposure.item_id, exposure.ts_ms)
-
-
-def feedback_of(request: Request) -> list[Feedback]:
-    return [Feedback(e.item_id, e.ts_ms, p, e.click, e.long_view, e.like, e.play_ms)
-            for p, e in enumerate(request.exposures)]
-
-
 def prefit_teacher(state: ReplayState, teacher, requests: list[Request], batch: int = 32,
                    max_fit_requests: int | None = 20_000) -> dict:
     """Fit the fine ranker on the logged exposures of the last ``max_fit_requests`` of ``requests``
@@ -142,10 +106,7 @@ def prefit_teacher(state: ReplayState, teacher, requests: list[Request], batch: 
         if index < fit_from:
             state.after(request)
             continue
-        user = state.snapshot(request)
-        items = [state.dataset.catalog[i] for i in request.item_ids]
-        pending.append(build_request_sample(request.request_id, request.ts_ms, user, items, (),
-                                            feedback_of(request), LabelConfig(top_n=1, n_easy_negatives=0)))
+        pending.append(state.logged_sample(request, state.snapshot(request)))
         if len(pending) >= batch:
             teacher.learn_many(pending)
             pending = []
@@ -395,11 +356,7 @@ class StreamingReplay:
                 (request.ts_ms, consistency_recall(teacher_full, student, self.config.consistency_n, 100)))
 
     def _baselines_learn(self, pending: Outstanding, batch: int = 32) -> None:
-        request = pending.request
-        items = [self.state.dataset.catalog[i] for i in request.item_ids]
-        self._baseline_batch.append(build_request_sample(
-            request.request_id, request.ts_ms, pending.user, items, (), feedback_of(request),
-            LabelConfig(top_n=1, n_easy_negatives=0)))
+        self._baseline_batch.append(self.state.logged_sample(pending.request, pending.user))
         if len(self._baseline_batch) >= batch:
             self._learn_baseline_batch()
 

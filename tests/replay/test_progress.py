@@ -12,7 +12,8 @@ from models.baselines import GlobalCTR
 from replay.evaluation import ConsistencyLog, FeedbackLog, HitRateLog
 from replay.exceptions import ReplayError
 from replay.progress import RunProgress, find_resumable
-from replay.stream import ReplayState, StreamConfig, StreamingReplay, replay_requests
+from replay.state import ReplayState
+from replay.stream import StreamConfig, StreamingReplay, replay_requests
 from replay.synthetic import SyntheticConfig, generate
 
 

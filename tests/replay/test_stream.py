@@ -6,7 +6,8 @@ import pytest
 
 from core.settings import Settings
 from replay.grouping import group_requests
-from replay.stream import ReplayState, StreamConfig, StreamingReplay
+from replay.state import ReplayState
+from replay.stream import StreamConfig, StreamingReplay
 from replay.synthetic import SyntheticConfig, generate
 from streams import score_requests
 
