@@ -6,7 +6,8 @@
 2. runs the user tower once per request and the item tower once per unique item
    (admitting ids, touching rows), broadcasts to pairs and computes the logits;
 3. computes the loss of the mode (:class:`~models.losses.StudentObjective`), back-propagates,
-   steps AdaGrad on dense parameters and FTRL on the touched embedding rows;
+   steps AdaGrad on dense parameters and FTRL on the touched embedding rows (one
+   :class:`~models.optim.SparseDenseOptimizer` step, shared with the teacher's learner);
 4. advances ``step``, evicts rows untouched for the TTL (event time = largest ``ts_ms`` seen).
 
 >>> from models.synthetic import SyntheticRequests
@@ -44,6 +45,7 @@ from models.exceptions import ExportError
 from models.features import ItemFeatures, RequestSample, UserFeatures
 from models.ftrl import FTRLConfig, FTRLProximal
 from models.losses import PairLabels, StudentObjective, combine
+from models.optim import SparseDenseOptimizer
 from models.sparse import SparseLookup
 from models.two_tower import TwoTowerConfig, TwoTowerStudent
 
@@ -103,15 +105,27 @@ class StudentLearner:
     ) -> None:
         self.config = config
         self.objective = objective if objective is not None else StudentObjective()
-        self.ftrl = FTRLProximal(ftrl)
-        self.dense_lr = dense_lr
         self.teacher = teacher
         self.student = TwoTowerStudent(config)
-        self.dense_optimizer = torch.optim.Adagrad(self.student.parameters(), lr=dense_lr)
+        self.optimizer = SparseDenseOptimizer(self.student.parameters(), ftrl, dense_lr)
         self.step = 0
         self.clock_ms = 0
         self._evicted_item_ids: list[str] = []
         self.last_pair_logits = np.zeros(0, dtype=np.float32)
+
+    @property
+    def ftrl(self) -> FTRLProximal:
+        """The FTRL of the embedding rows (``ftrl.config`` holds its hyperparameters)."""
+        return self.optimizer.ftrl
+
+    @property
+    def dense_lr(self) -> float:
+        return self.optimizer.dense_lr
+
+    @property
+    def dense_optimizer(self) -> torch.optim.Adagrad:
+        """The AdaGrad of the dense parameters (``optimizer.dense``)."""
+        return self.optimizer.dense
 
     # ------------------------------------------------------------------ learning
     def learn_many(self, samples: Sequence[RequestSample]) -> dict[str, float]:
@@ -137,14 +151,11 @@ class StudentLearner:
         labels = PairLabels.from_samples(samples)
         loss, metrics = self.objective(logits, labels, self.step, teacher_logit)
 
-        self.dense_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.dense_optimizer.step()
-        # The loss is a mean over pairs; FTRL gets the summed per-pair gradients (as in
-        # McMahan et al.), so l1/l2 are in per-example units whatever the batch size.
+        # The loss is a mean over pairs; FTRL gets the summed per-pair gradients.
         n_pairs = float(len(item_index))
-        for name, (rows, grads) in lookup.row_grads().items():
-            self.ftrl.step(self.student.tables[name], rows, grads * n_pairs)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step(lookup, row_grad_scale=n_pairs)
         self.step += 1
         for name, table in self.student.tables.items():
             table.evict_expired(self.clock_ms)
@@ -190,7 +201,7 @@ class StudentLearner:
 
     def to_bytes(self) -> bytes:
         tensors, tables_meta = tables_to_tensors(self.student.tables)
-        tensors.update(dense_to_tensors(self.student, self.dense_optimizer))
+        tensors.update(dense_to_tensors(self.student, self.optimizer.dense))
         metadata = {
             "format": CHECKPOINT_FORMAT,
             "config": dumps(self.config.to_dict()),
@@ -206,8 +217,7 @@ class StudentLearner:
             "feedback_weights": dict(objective.feedback_weights),
             "teacher_weights": dict(objective.teacher_weights),
             "distill_lambda": schedule_to_dict(objective.distill_lambda),
-            "ftrl": vars(self.ftrl.config) | {},
-            "dense_lr": self.dense_lr,
+            **self.optimizer.settings(),  # "ftrl", "dense_lr"
             "step": self.step,
             "clock_ms": self.clock_ms,
             "evicted_item_ids": self._evicted_item_ids,
@@ -232,7 +242,7 @@ class StudentLearner:
             FTRLConfig(**info["ftrl"]), float(info["dense_lr"]),
         )
         learner.student.tables = tables_from_tensors(tensors, json.loads(metadata["tables"]))
-        dense_from_tensors(learner.student, learner.dense_optimizer, tensors)
+        dense_from_tensors(learner.student, learner.optimizer.dense, tensors)
         learner.step = int(info["step"])
         learner.clock_ms = int(info["clock_ms"])
         learner._evicted_item_ids = list(info["evicted_item_ids"])

@@ -1,5 +1,7 @@
 """The teacher's trainer: FTRL on its embedding rows, AdaGrad on its network, BCE per objective.
 
+The optimiser step is the student's (:class:`~models.optim.SparseDenseOptimizer`).
+
 :class:`TeacherLearner` implements :class:`~models.protocol.Ranker`; ``score`` is the combined
 logit (:func:`~models.losses.combine` with ``objective_weights``), ``score_objectives`` the
 per-objective logits. It fits offline on a time range (:meth:`TeacherLearner.fit`) and keeps
@@ -38,6 +40,7 @@ from models.features import OBJECTIVES, ItemFeatures, RequestSample, UserFeature
 from models.ftrl import FTRLConfig, FTRLProximal
 from models.learner import _read_metadata, flatten_pairs
 from models.losses import DEFAULT_TEACHER_WEIGHTS, combine, masked_bce
+from models.optim import SparseDenseOptimizer
 from models.sparse import SparseLookup
 from models.teacher.item_stats import ItemStatistics
 from models.teacher.model import TeacherConfig, TeacherModel
@@ -70,13 +73,25 @@ class TeacherLearner:
             raise ConfigError(f"unknown objectives {sorted(unknown)}")
         self.config = config
         self.objective_weights = MappingProxyType(dict(objective_weights))
-        self.ftrl = FTRLProximal(ftrl)
-        self.dense_lr = dense_lr
         self.model = TeacherModel(config)
-        self.dense_optimizer = torch.optim.Adagrad(self.model.parameters(), lr=dense_lr)
+        self.optimizer = SparseDenseOptimizer(self.model.parameters(), ftrl, dense_lr)
         self.item_statistics = ItemStatistics()
         self.step = 0
         self.clock_ms = 0
+
+    @property
+    def ftrl(self) -> FTRLProximal:
+        """The FTRL of the embedding rows (``ftrl.config`` holds its hyperparameters)."""
+        return self.optimizer.ftrl
+
+    @property
+    def dense_lr(self) -> float:
+        return self.optimizer.dense_lr
+
+    @property
+    def dense_optimizer(self) -> torch.optim.Adagrad:
+        """The AdaGrad of the network's parameters (``optimizer.dense``)."""
+        return self.optimizer.dense
 
     # ------------------------------------------------------------------ learning
     def learn_many(self, samples: Sequence[RequestSample]) -> dict[str, float]:
@@ -99,12 +114,10 @@ class TeacherLearner:
         )
         parts = [masked_bce(logits[:, t], labels[:, t].clamp(min=0), labels[:, t] >= 0) for t in range(len(OBJECTIVES))]
         loss = torch.stack(parts).sum()
-        self.dense_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.dense_optimizer.step()
         n_pairs = float(len(item_index))
-        for name, (rows, grads) in lookup.row_grads().items():
-            self.ftrl.step(self.model.tables[name], rows, grads * n_pairs)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step(lookup, row_grad_scale=n_pairs)
         for table in self.model.tables.values():
             table.evict_expired(self.clock_ms)
             table.drain_evicted_ids()
@@ -154,7 +167,7 @@ class TeacherLearner:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | PathLike[str]) -> None:
         tensors, tables_meta = tables_to_tensors(self.model.tables)
-        tensors.update(dense_to_tensors(self.model, self.dense_optimizer))
+        tensors.update(dense_to_tensors(self.model, self.optimizer.dense))
         stats_meta, counts = self.item_statistics.state()
         tensors["item_statistics.counts"] = torch.from_numpy(counts)
         metadata = {
@@ -162,8 +175,8 @@ class TeacherLearner:
             "config": dumps(self.config.to_dict()),
             "tables": dumps(tables_meta),
             "learner": dumps({
-                "objective_weights": dict(self.objective_weights), "ftrl": vars(self.ftrl.config),
-                "dense_lr": self.dense_lr, "step": self.step, "clock_ms": self.clock_ms,
+                "objective_weights": dict(self.objective_weights), **self.optimizer.settings(),
+                "step": self.step, "clock_ms": self.clock_ms,
                 "item_statistics": stats_meta,
             }),
         }
@@ -180,7 +193,7 @@ class TeacherLearner:
             FTRLConfig(**info["ftrl"]), float(info["dense_lr"]),
         )
         learner.model.tables = tables_from_tensors(tensors, json.loads(metadata["tables"]))
-        dense_from_tensors(learner.model, learner.dense_optimizer, tensors)
+        dense_from_tensors(learner.model, learner.optimizer.dense, tensors)
         learner.item_statistics = ItemStatistics.from_state(
             info["item_statistics"], tensors["item_statistics.counts"].numpy()
         )
