@@ -32,8 +32,6 @@ from funnel.dedupe import RecentIds
 from funnel.publishing import Publisher
 from funnel.store import open_store
 from funnel.training import MODEL_FILE, ProgressiveAUC, new_learner
-from models.embedding import zero_row_ratio
-from models.export import export_bytes
 from models.learner import StudentLearner
 from monitoring.lag import consumer_lag, record_consumer_lag
 from monitoring.metrics import PrerankMetrics
@@ -80,8 +78,7 @@ class Trainer:
         self.publisher = None
         if publish:
             store = open_store(self.settings.redis)
-            self.publisher = Publisher(store, lambda learner: export_bytes(learner, prune=True),
-                                       hot_items=worker.hot_items, dtype=worker.vector_dtype,
+            self.publisher = Publisher(store, hot_items=worker.hot_items, dtype=worker.vector_dtype,
                                        ttl_s=worker.version_ttl_s)
             self.publisher.version = self.state.counters.get("version", 0)
         self.topic = runtime.topic_name("training_samples")
@@ -145,35 +142,27 @@ class Trainer:
 
     def publish(self) -> None:
         learner = self.state.learner
-        # Each table's all-zero mask once per version, for the version's ratio and the per-table
-        # gauges (each mask is a scan of the table).
-        zero_masks = {name: table.zero_rows_mask()[1] for name, table in learner.student.tables.items()}
-        extra = {
-            "zero_row_ratio": zero_row_ratio(zero_masks.values()),
-            "weights_bytes_unpruned": len(export_bytes(learner, prune=False)),
-            "records_learned": self.state.counters["records"],
-        }
-        meta = self.publisher.publish(learner, self.state.counters["samples"],
-                                      evicted=learner.drain_evicted_item_ids(), extra_meta=extra)
-        self.state.counters["version"] = meta["version"]
-        self.metrics.publish_duration_seconds.observe(meta["publish_s"])
-        self.metrics.published_items_total.inc(meta["n_items"])
+        published = self.publisher.publish(learner, self.state.counters["samples"],
+                                           records_learned=self.state.counters["records"],
+                                           evicted=learner.drain_evicted_item_ids())
+        self.state.counters["version"] = published.version
+        self.metrics.publish_duration_seconds.observe(published.publish_s)
+        self.metrics.published_items_total.inc(published.n_items)
         self.metrics.published_versions_total.inc()
-        self.metrics.publish_deleted_items_total.inc(meta["deleted"])
-        self.metrics.set_model_version("publisher", meta["version"], meta["created_at_ms"] / 1000)
+        self.metrics.publish_deleted_items_total.inc(published.deleted_items)
+        self.metrics.set_model_version("publisher", published.version, published.created_at_ms / 1000)
         # Freshness: from a training record's production (the joiner emits it as soon as the
         # request's impressions are joined) to its item vectors being readable in a version.
-        published_at_ms = meta["created_at_ms"]
         for produced_ms in self._unpublished_ts_ms:
-            self.metrics.freshness_seconds.observe(max(0.0, (published_at_ms - produced_ms) / 1000))
+            self.metrics.freshness_seconds.observe(max(0.0, (published.created_at_ms - produced_ms) / 1000))
         self._unpublished_ts_ms = []
         for name, table in learner.student.tables.items():
             rows = len(table.id_map)
             self.metrics.embedding_admissions_total.labels(table=name).inc(max(0, rows - self._rows_seen.get(name, 0)))
             self._rows_seen[name] = rows
             self.metrics.embedding_rows.labels(table=name).set(rows)
-            self.metrics.embedding_zero_rows_ratio.labels(table=name).set(zero_row_ratio([zero_masks[name]]))
-        self.metrics.embedding_evictions_total.labels(table="item").inc(meta["deleted"])
+            self.metrics.embedding_zero_rows_ratio.labels(table=name).set(published.zero_row_ratio_by_table[name])
+        self.metrics.embedding_evictions_total.labels(table="item").inc(published.deleted_items)
         for label, value in self.progressive.aucs().items():
             self.metrics.set_progressive_auc(label, value)
 

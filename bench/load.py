@@ -65,7 +65,6 @@ def isolated_settings(base, folder: Path):
 def publish_model(settings, n_items: int = 300, seed: int = 0, small: bool = True) -> int:
     """Train a student briefly on synthetic requests, publish it with items ``i0..`` all hot."""
     from funnel.publishing import Publisher
-    from models.export import export_bytes
     from models.learner import StudentLearner
     from models.synthetic import SyntheticRequests
     from models.two_tower import TwoTowerConfig
@@ -76,11 +75,10 @@ def publish_model(settings, n_items: int = 300, seed: int = 0, small: bool = Tru
     for _ in range(3):
         learner.learn_many(generator.batch(16))
     store = open_store(settings.redis)
-    publisher = Publisher(store, lambda model: export_bytes(model, prune=True), hot_items=n_items,
-                          dtype=settings.worker.vector_dtype, ttl_s=3600)
-    publisher.resume_from_store()
+    publisher = Publisher(store, hot_items=n_items, dtype=settings.worker.vector_dtype, ttl_s=3600)
+    publisher.version = store.current_version() or 0  # numbering goes on from a store in use
     publisher.hot.observe([generator.item(i) for i in range(n_items)], 0.0)
-    return publisher.publish(learner, samples_learned=48)["version"]
+    return publisher.publish(learner, samples_learned=48).version
 
 
 def _rss_bytes(pid: int) -> int:

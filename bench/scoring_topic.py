@@ -63,7 +63,6 @@ def publish_model(settings: Settings, config: ScoringConfig, store):
     """Train a default-size student a little and publish it with the whole catalog; (generator, catalog, meta)."""
     from funnel.publishing import Publisher
     from funnel.training import new_learner
-    from models.export import export_bytes
     from models.synthetic import SyntheticRequests
 
     generator = SyntheticRequests(seed=config.seed, n_items=config.catalog_items)
@@ -73,8 +72,7 @@ def publish_model(settings: Settings, config: ScoringConfig, store):
     catalog = [generator.item(i) for i in range(config.catalog_items)]
     store.put_items(catalog)
     worker = settings.worker
-    publisher = Publisher(store, lambda model: export_bytes(model, prune=True), hot_items=len(catalog),
-                          dtype=worker.vector_dtype, ttl_s=worker.version_ttl_s)
+    publisher = Publisher(store, hot_items=len(catalog), dtype=worker.vector_dtype, ttl_s=worker.version_ttl_s)
     publisher.hot.observe(catalog, time.monotonic())
     return generator, catalog, publisher.publish(learner, learner.step)
 
@@ -263,7 +261,7 @@ def measure(settings: Settings, config: ScoringConfig, folder: Path, worker_thre
 
     started = time.monotonic()
     store = open_store(settings.redis)
-    generator, catalog, meta = publish_model(settings, config, store)
+    generator, catalog, published = publish_model(settings, config, store)
     n_timed = max(1, int(config.rate_rps * config.duration_s))
     requests = build_requests(config, catalog, config.warmup_requests, n_timed, settings.redis.key_prefix)
     # The load generator holds ~3M candidate strings for the whole run. Unfrozen, each full
@@ -284,7 +282,7 @@ def measure(settings: Settings, config: ScoringConfig, folder: Path, worker_thre
         "catalog_items": config.catalog_items,
         "output_dim": settings.model.output_dim,
         "vector_dtype": settings.worker.vector_dtype,
-        "model_version": meta["version"],
+        "model_version": published.version,
         "in_process_torch_threads": torch.get_num_threads(),
         "worker_torch_threads": worker_threads or "default",
         "targets": TARGETS,

@@ -1,14 +1,24 @@
-"""Making a model version: hot item vectors and the pruned model, written to Redis, then flipped."""
+"""Making a model version: hot item vectors and the pruned model, written to Redis, then flipped.
+
+The publisher returns a typed :class:`ModelVersion`; its fields are the version's ``meta`` in Redis.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from models.embedding import zero_row_ratio
+from models.export import export_bytes
 from models.features import ItemFeatures
+
+
+def unpruned_export_bytes(learner) -> int:
+    return len(export_bytes(learner, prune=False))
 
 log = logging.getLogger(__name__)
 
@@ -56,52 +66,79 @@ class HotItems:
         return [self._features[item] for item in self._score]
 
 
-class Publisher:
-    """Publishes the learner as a new version in the store.
+@dataclass(frozen=True)
+class ModelVersion:
+    """One published version, as the publisher wrote it; :meth:`meta` is its ``meta`` key in Redis.
 
-    ``export`` turns the learner into bytes the scorer loads (the pruned export).
+    Scorers switch on the store's ``current`` key (flipped last, atomically), so a version has one
+    source of truth and no announcement that could disagree with it.
+    """
+
+    version: int
+    created_at_ms: int
+    n_items: int  # hot item vectors written
+    dim: int
+    dtype: str
+    samples_learned: int
+    records_learned: int
+    weights_bytes: int  # the pruned export the scorers load
+    weights_bytes_unpruned: int  # what the export would be without pruning all-zero rows (computed)
+    zero_row_ratio: float
+    zero_row_ratio_by_table: Mapping[str, float]
+    deleted_items: int  # evicted items removed from every live version
+    publish_s: float = 0.0
+
+    def meta(self) -> dict:
+        meta = asdict(self)
+        del meta["publish_s"]
+        return meta
+
+
+class Publisher:
+    """Publishes a :class:`models.learner.StudentLearner` as a new version in the store.
+
+    ``export`` turns the learner into the bytes the scorers load (default: the pruned export).
     """
 
     def __init__(
-        self, store, export: Callable[[object], bytes], *, hot_items: int, dtype: str, ttl_s: int,
+        self, store, export: Callable[[object], bytes] | None = None, *, hot_items: int, dtype: str, ttl_s: int,
         chunk: int = 2048,
     ) -> None:
         self.store = store
-        self.export = export
+        self.export = export or (lambda learner: export_bytes(learner, prune=True))
         self.hot = HotItems(hot_items)
         self.dtype = dtype
         self.ttl_s = ttl_s
         self.chunk = chunk
         self.version = 0
 
-    def resume_from_store(self) -> None:
-        current = self.store.current_version()
-        self.version = max(self.version, current or 0)
-
-    def publish(self, learner, samples_learned: int, evicted: Iterable[str] = (), extra_meta: dict | None = None) -> dict:
-        """Write a complete new version and flip to it; returns its metadata."""
+    def publish(self, learner, samples_learned: int, records_learned: int = 0, evicted: Iterable[str] = ()) -> ModelVersion:
+        """Write a complete new version and flip ``current`` to it."""
         started = time.perf_counter()
         evicted = list(evicted)
         self.hot.forget(evicted)
         items = self.hot.top()
-        dim = None
         blocks = []
         for start in range(0, len(items), self.chunk):
             blocks.append(np.asarray(learner.item_vectors(items[start:start + self.chunk]), dtype=self.dtype))
         vectors = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=self.dtype)
-        dim = int(vectors.shape[1]) if blocks else 0
         weights = self.export(learner)
+        # Each table's all-zero mask once: a scan of the table.
+        masks = {name: table.zero_rows_mask()[1] for name, table in learner.student.tables.items()}
         self.version += 1
-        meta = {
-            "version": self.version, "created_at_ms": int(time.time() * 1000), "n_items": len(items),
-            "dtype": self.dtype, "dim": dim, "samples_learned": samples_learned,
-            "weights_bytes": len(weights), **(extra_meta or {}),
-        }
+        record = ModelVersion(
+            version=self.version, created_at_ms=int(time.time() * 1000), n_items=len(items),
+            dim=int(vectors.shape[1]) if blocks else 0, dtype=self.dtype, samples_learned=samples_learned,
+            records_learned=records_learned, weights_bytes=len(weights),
+            weights_bytes_unpruned=unpruned_export_bytes(learner),
+            zero_row_ratio=zero_row_ratio(masks.values()),
+            zero_row_ratio_by_table={name: zero_row_ratio([mask]) for name, mask in masks.items()},
+            deleted_items=len(evicted),
+        )
         self.store.publish(
-            self.version, weights, [item.item_id for item in items], vectors, meta, self.ttl_s,
+            self.version, weights, [item.item_id for item in items], vectors, record.meta(), self.ttl_s,
             deleted_ids=evicted,
         )
-        meta["publish_s"] = time.perf_counter() - started
-        meta["deleted"] = len(evicted)
-        log.info("published version %(version)d: %(n_items)d items in %(publish_s).3fs", meta)
-        return meta
+        record = replace(record, publish_s=time.perf_counter() - started)
+        log.info("published version %d: %d items in %.3fs", record.version, record.n_items, record.publish_s)
+        return record

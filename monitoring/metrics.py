@@ -293,7 +293,7 @@ class PrerankMetrics:
         agent
             One of :data:`AGENTS`.
         version
-            The integer version of the ``model-versions`` topic.
+            The integer model version (the store's ``current`` key).
         created_at_s
             Wall-clock creation time of the version, in seconds since the epoch.
 

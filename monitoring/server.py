@@ -22,10 +22,6 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-#: First worker's metrics port; the local Prometheus scrapes BASE_PORT .. BASE_PORT + 5.
-BASE_PORT = 9464
-LOCAL_WORKER_SLOTS = 6
-
 
 @dataclass(frozen=True)
 class MetricsServer:
@@ -42,17 +38,6 @@ class MetricsServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
-
-
-def worker_metrics_port(index: int, base_port: int = BASE_PORT) -> int:
-    """Metrics port of the ``index``-th worker on one host.
-
-    >>> worker_metrics_port(0), worker_metrics_port(2)
-    (9464, 9466)
-    """
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"worker index must be an int >= 0, got {index!r}")
-    return base_port + index
 
 
 def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> MetricsServer:

@@ -1,8 +1,6 @@
 """The replay's event types: one logged exposure and one request (a page of exposures).
 
 >>> e = Exposure(user_id="7", item_id="42", ts_ms=1_000, tab=1, click=1, long_view=0)
->>> e.exposed_labels()
-{'click': 1, 'long_view': 0, 'like': 0}
 >>> Request("7-1000", "7", 1, 1_000, (e,)).item_ids
 ('42',)
 """
@@ -29,10 +27,6 @@ class Exposure:
     like: int = 0
     play_ms: int = 0
     duration_ms: int = 0
-
-    def exposed_labels(self) -> dict[str, int]:
-        """Feedback keyed by the objectives of :data:`models.features.OBJECTIVES`."""
-        return {"click": self.click, "long_view": self.long_view, "like": self.like}
 
 
 @dataclass(frozen=True, slots=True)

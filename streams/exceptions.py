@@ -27,7 +27,3 @@ class RecordError(StreamError):
         self.partition = partition
         self.offset = offset
         super().__init__(f"{topic}[{partition}]@{offset}: {reason}")
-
-    def located(self, topic: str, partition: int, offset: int) -> RecordError:
-        """The same error, attributed to a concrete topic, partition and offset."""
-        return RecordError(self.reason, topic=topic, partition=partition, offset=offset)

@@ -6,7 +6,6 @@ from streams import (
     dead_letters,
     impressions,
     item_catalog,
-    model_versions,
     rank_scores,
     score_requests,
     score_responses,
@@ -23,7 +22,6 @@ TOPIC_MODULES = {  # the key every client uses for a topic -> its module (TOPIC,
     "rank_scores": rank_scores,
     "impressions": impressions,
     "training_samples": training_samples,
-    "model_versions": model_versions,
     "dead_letters": dead_letters,
 }
 ALL_TOPICS: tuple[TopicSpec, ...] = tuple(module.TOPIC for module in TOPIC_MODULES.values())

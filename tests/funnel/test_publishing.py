@@ -12,7 +12,7 @@ import pytest
 from core.redis import redis_client
 from funnel.publishing import Publisher
 from funnel.store import ModelStore
-from models.export import export_bytes, load_student_bytes
+from models.export import load_student_bytes
 from models.learner import StudentLearner
 from models.synthetic import SyntheticRequests
 from models.two_tower import TwoTowerConfig
@@ -48,7 +48,7 @@ def learner_and_items():
 def make_publisher(client, prefix, **overrides) -> Publisher:
     options = dict(hot_items=1000, dtype="float16", ttl_s=TTL_S, chunk=4)
     options.update(overrides)
-    return Publisher(ModelStore(client, prefix), lambda learner: export_bytes(learner, prune=True), **options)
+    return Publisher(ModelStore(client, prefix), **options)
 
 
 def version_keys(client, prefix, version) -> set[str]:
@@ -65,19 +65,21 @@ def test_a_publish_writes_weights_vectors_and_meta_then_points_current_at_them(c
     learner, items = learner_and_items
     publisher = make_publisher(real, prefix)
     publisher.hot.observe(items, now_s=0.0)
-    meta = publisher.publish(learner, samples_learned=123, extra_meta={"mode": "cascade"})
+    published = publisher.publish(learner, samples_learned=123, records_learned=7)
 
     store = ModelStore(real, prefix)
-    assert meta["version"] == publisher.version == store.current_version() == 1
+    assert published.version == publisher.version == store.current_version() == 1
     assert store.live_versions() == [1]
     # the weights are the learner's export (safetensors headers are not byte-stable: compare what loads)
     weights = store.weights(1)
-    assert meta["weights_bytes"] == len(weights)
+    assert published.weights_bytes == len(weights) <= published.weights_bytes_unpruned
     np.testing.assert_array_equal(load_student_bytes(weights).item_vectors(items), learner.item_vectors(items))
     stored_meta = store.meta(1)
-    assert stored_meta == {k: v for k, v in meta.items() if k not in ("publish_s", "deleted")}
+    assert stored_meta == published.meta() and "publish_s" not in stored_meta
     assert (stored_meta["n_items"], stored_meta["dim"], stored_meta["dtype"]) == (len(items), 6, "float16")
-    assert (stored_meta["samples_learned"], stored_meta["mode"]) == (123, "cascade")
+    assert (stored_meta["samples_learned"], stored_meta["records_learned"]) == (123, 7)
+    assert stored_meta["zero_row_ratio"] == learner.zero_row_ratio()
+    assert set(stored_meta["zero_row_ratio_by_table"]) == set(learner.student.tables)
     # one vector per hot item (written in chunks of 4), each the learner's item vector in float16
     assert vector_ids(real, prefix, 1) == {item.item_id for item in items}
     found, rows = store.vector_rows(1, [item.item_id for item in items], "float16")
@@ -142,11 +144,11 @@ def test_current_flips_only_after_the_whole_version_is_written(client, learner_a
             assert vector_ids(real, prefix, version - 1) == {item.item_id for item in items}
         flips.append(version)
 
-    publisher = Publisher(ModelStore(Watched(real, on_flip), prefix), lambda m: export_bytes(m, prune=True),
+    publisher = Publisher(ModelStore(Watched(real, on_flip), prefix),
                           hot_items=1000, dtype="float32", ttl_s=TTL_S, chunk=5)
     publisher.hot.observe(items, now_s=0.0)
     for expected in (1, 2, 3):
-        assert publisher.publish(learner, samples_learned=expected)["version"] == expected
+        assert publisher.publish(learner, samples_learned=expected).version == expected
         assert store.current_version() == expected
     assert flips == [1, 2, 3] and store.live_versions() == [1, 2, 3]
 
@@ -159,10 +161,10 @@ def test_evicted_items_are_deleted_from_every_live_version_and_not_republished(c
     publisher.publish(learner, samples_learned=1)
     publisher.publish(learner, samples_learned=2)
     evicted = [items[0].item_id, items[3].item_id, "never-published"]
-    meta = publisher.publish(learner, samples_learned=3, evicted=evicted)
+    published = publisher.publish(learner, samples_learned=3, evicted=evicted)
 
     kept = {item.item_id for item in items} - set(evicted)
-    assert meta["deleted"] == 3 and meta["n_items"] == len(kept)
+    assert published.deleted_items == 3 and published.n_items == len(kept)
     for version in (1, 2, 3):  # no scorer can read an evicted item's stale vector from any version
         assert vector_ids(real, prefix, version) == kept, version
     assert {item.item_id for item in publisher.hot.top()} == kept

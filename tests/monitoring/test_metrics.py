@@ -18,7 +18,7 @@ from monitoring.metrics import (
     exposed_sample_names,
     metrics_from_default_registry,
 )
-from monitoring.server import serve_metrics, worker_metrics_port
+from monitoring.server import serve_metrics
 
 # Gauges and histograms whose value is a count or a dimensionless number by nature.
 UNITLESS = {
@@ -191,10 +191,6 @@ def test_metrics_endpoint_serves_what_was_recorded(metrics):
     assert samples[("prerank_consistency_recall_ratio", (("k", "200"),))] == 0.5
 
 
-def test_worker_ports_and_bad_arguments():
-    assert [worker_metrics_port(i) for i in range(6)] == list(range(9464, 9470))
-    assert worker_metrics_port(1, base_port=10_000) == 10_001
-    with pytest.raises(ValueError):
-        worker_metrics_port(-1)
+def test_a_port_out_of_range_is_refused():
     with pytest.raises(ValueError):
         serve_metrics(CollectorRegistry(), port=70_000)

@@ -144,7 +144,7 @@ def test_msgpack_payload_is_not_json():
 
 def test_topic_declarations():
     names = [spec.name for spec in ALL_TOPICS]
-    assert len(names) == len(set(names)) == 9
+    assert len(names) == len(set(names)) == 8
     compacted = {spec.name for spec in ALL_TOPICS if spec.compacted}
     assert compacted == {"item-catalog", "user-profiles"}
     for spec in ALL_TOPICS:
