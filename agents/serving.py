@@ -164,7 +164,8 @@ def _install_joiner(runtime: Runtime, serving: Serving) -> None:
             if part.user is None:  # rank-scores without the scorer's snapshot: nothing to learn from
                 metrics.count_join_event("orphan")
                 continue
-            user = user_from_snapshot(UserSnapshot.model_validate(part.user))
+            snapshot = UserSnapshot.model_validate(part.user)
+            user = user_from_snapshot(snapshot)
             ids = [r.item_id for r in part.ranked] + list(part.candidates) + [f.item_id for f in part.impressions]
             features = serving.catalog.features(list(dict.fromkeys(ids)))
             sample = build_request_sample(
@@ -172,7 +173,7 @@ def _install_joiner(runtime: Runtime, serving: Serving) -> None:
             )
             # force: sent now rather than attached to the event's commit, so delivery can be awaited
             deliveries.append(await runtime.topic("training_samples").send(
-                key=part.user_id.encode(), value=training_samples.CODEC.encode(record_from_sample(sample)), force=True,
+                key=part.user_id.encode(), value=training_samples.CODEC.encode(record_from_sample(sample, snapshot)), force=True,
             ))
             metrics.joiner_records_total.inc()
         if deliveries:

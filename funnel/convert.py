@@ -54,10 +54,12 @@ def sample_from_record(record: TrainingSample) -> RequestSample:
     )
 
 
-def record_from_sample(sample: RequestSample) -> TrainingSample:
+def record_from_sample(sample: RequestSample, snapshot: UserSnapshot | None = None) -> TrainingSample:
+    """The wire record of ``sample``; ``snapshot``, when the caller holds the user's snapshot
+    already (the joiner does), is carried as it is instead of being rebuilt from ``sample.user``."""
     return TrainingSample(
         request_id=sample.request_id, user_id=sample.user.user_id, ts_ms=sample.ts_ms,
-        user=snapshot_from_user(sample.user),
+        user=snapshot if snapshot is not None else snapshot_from_user(sample.user),
         items=[SampleItem(item_id=i.item_id, author_id=i.author_id, tags=list(i.tags),
                           duration_ms=i.duration_ms) for i in sample.items],
         cascade=list(sample.cascade), click=list(sample.click), long_view=list(sample.long_view),
