@@ -134,6 +134,31 @@ def wait_for_workers(store, workers: list[Worker], timeout_s: float = 90.0) -> N
         time.sleep(0.5)
 
 
+def wait_for_groups(settings: Settings, groups: list[str], workers: list[Worker], timeout_s: float = 90.0) -> None:
+    """Until every consumer group is Stable with members, so the first requests are not held up
+    by a rebalance; names a dead worker. After ``timeout_s`` it warns and goes on (nothing is
+    lost: new groups read from the earliest offset)."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(**kafka_python_options(settings.kafka), client_id="prerank-replay")
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            described = admin.describe_groups(groups)
+            if all(group["group_state"] == "Stable" and group["members"] for group in described.values()):
+                return
+            for worker in workers:
+                if not worker.alive():
+                    raise RuntimeError(f"{worker.log_path} worker died:\n{worker.log_tail()}")
+            if time.monotonic() > deadline:
+                log.warning("consumer groups not stable after %.0f s: %s", timeout_s,
+                            {name: group["group_state"] for name, group in described.items()})
+                return
+            time.sleep(0.5)  # a poll interval: the condition is re-checked
+    finally:
+        admin.close()
+
+
 def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teacher, prefit, streamed,
              work: Path, run_id: str, progress, baselines: dict | None = None,
              on_started=None, on_finished=None, student=None) -> tuple[dict, dict]:
@@ -167,7 +192,7 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
     store = open_store(ms.redis)
     try:
         wait_for_workers(store, workers)
-        time.sleep(3.0)  # consumer groups settle before the first request
+        wait_for_groups(ms, [ms.worker.app_id, f"{ms.worker.app_id}-ranker"], workers)
         if on_started is not None:
             on_started(ms)
         try:

@@ -38,6 +38,7 @@ from core.settings import Settings
 from funnel.history import HistoryConfig
 from funnel.labels import request_rng
 from funnel.metrics import auc, consistency_recall
+from funnel.store import open_store
 from models.features import UserFeatures
 from models.losses import combine
 from replay.candidates import CandidateConfig
@@ -158,6 +159,21 @@ class StreamingReplay:
     def topic(self, key: str) -> str:
         return self.settings.topics.name(TOPIC_MODULES[key].TOPIC.name)
 
+    def wait_for_catalog(self, item_ids: list[str], timeout_s: float = 120.0) -> float:
+        """Until the catalog agent has written every item to Redis (a request before that would be
+        scored on bare ids); returns the seconds waited. After ``timeout_s`` it warns and goes on."""
+        store = open_store(self.settings.redis)
+        started = time.monotonic()
+        missing = item_ids
+        while missing:
+            missing = [item for item, found in zip(missing, store.items(missing)) if found is None]
+            if missing and time.monotonic() - started > timeout_s:
+                log.warning("%d catalog items still not in Redis after %.0f s", len(missing), timeout_s)
+                break
+            if missing:
+                time.sleep(0.2)  # a poll interval: the condition is re-checked
+        return time.monotonic() - started
+
     def load_reference_data(self, producer: KafkaProducer, users: set[str]) -> dict[str, int]:
         """Catalog and profiles into their compacted topics, before any request."""
         for item in self.state.dataset.catalog.values():
@@ -193,7 +209,7 @@ class StreamingReplay:
         for tp in partitions:
             consumer.position(tp)  # resolve the end offsets now, before the first request
         loaded = self.load_reference_data(producer, {r.user_id for r in requests})
-        time.sleep(1.0)  # let the catalog agent write the catalog before the first request
+        loaded["catalog_wait_s"] = self.wait_for_catalog(list(self.state.dataset.catalog))
         outstanding: dict[str, Outstanding] = {}
         started = time.perf_counter()
         saved_at = len(self.completed)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 from kafka import KafkaConsumer
 
+from core import processes
 from core.kafka import kafka_python_options
 from core.ports import free_port
 from core.processes import REPO
 from core.settings import Settings
 from funnel.store import open_store
-from prerank import processes
 from prerank.stack import Kafka, Redis
 
 
