@@ -12,7 +12,7 @@ so the loaded model scores exactly like the live one. Loading never unpickles.
 >>> learner = StudentLearner(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=8, min_count=1))
 >>> samples = SyntheticRequests(seed=0).batch(8)
 >>> _ = learner.learn_many(samples)
->>> served = load_student_bytes(export_bytes(learner))
+>>> served = ServedStudent.from_bytes(export_bytes(learner))     # = load_student_bytes(...)
 >>> user, items = samples[0].user, samples[0].items
 >>> bool(np.array_equal(served.score(user, items), learner.score(user, items)))
 True
@@ -34,6 +34,7 @@ from models.embedding import EmbeddingTable
 from models.exceptions import ExportError
 from models.id_map import DynamicIdMap
 from models.learner import _read_metadata
+from models.served import ServedStudent
 from models.two_tower import TwoTowerConfig, TwoTowerStudent
 
 EXPORT_FORMAT = "prerank.two_tower_export/1"
@@ -47,7 +48,7 @@ def _student_of(model: Any) -> TwoTowerStudent:
 
 
 def export_bytes(model: Any, prune: bool = True) -> bytes:
-    """Serialise a :class:`TwoTowerStudent` (or a learner holding one) for serving.
+    """Serialise a :class:`TwoTowerStudent` (or a learner or served model holding one) for serving.
 
     With ``prune=True`` all-zero admitted rows are dropped and their ids listed in ``zero_ids``.
     """
@@ -75,8 +76,16 @@ def export_bytes(model: Any, prune: bool = True) -> bytes:
     return safetensors.torch.save(tensors, metadata=metadata)
 
 
-def load_student_bytes(data: bytes) -> TwoTowerStudent:
-    """A read-only :class:`TwoTowerStudent` (``user_vector``, ``item_vectors``, ``score``...)."""
+def load_student_bytes(data: bytes) -> ServedStudent:
+    """The served model of an export: :meth:`ServedStudent.from_bytes` (``user_vector``, ``score``...)."""
+    return ServedStudent(student_module_from_bytes(data))
+
+
+def student_module_from_bytes(data: bytes) -> TwoTowerStudent:
+    """The :class:`TwoTowerStudent` module of an export (eval mode; frozen id maps, no TTL).
+
+    Raises :class:`~models.exceptions.ExportError` on anything but a well-formed export.
+    """
     metadata = _read_metadata(data, EXPORT_FORMAT)
     try:
         tensors = safetensors.torch.load(data)
@@ -114,7 +123,7 @@ def export_file(model: Any, path: str | PathLike[str], prune: bool = True) -> in
     return len(data)
 
 
-def load_student_file(path: str | PathLike[str]) -> TwoTowerStudent:
+def load_student_file(path: str | PathLike[str]) -> ServedStudent:
     return load_student_bytes(Path(path).read_bytes())
 
 

@@ -3,12 +3,16 @@
 :class:`StudentLearner` implements :class:`~models.protocol.Ranker`. One ``learn_many`` call:
 
 1. flattens the requests into (request, item) pairs and de-duplicates items by id;
-2. runs the user tower once per request and the item tower once per unique item
-   (admitting ids, touching rows), broadcasts to pairs and computes the logits;
+2. runs the module's ``forward`` (:meth:`~models.two_tower.TwoTowerStudent.forward`): the user
+   tower once per request and the item tower once per unique item (admitting ids, touching
+   rows), broadcast to the pairs' logits;
 3. computes the loss of the mode (:class:`~models.losses.StudentObjective`), back-propagates,
    steps AdaGrad on dense parameters and FTRL on the touched embedding rows (one
    :class:`~models.optim.SparseDenseOptimizer` step, shared with the teacher's learner);
 4. advances ``step``, evicts rows untouched for the TTL (event time = largest ``ts_ms`` seen).
+
+Scoring goes through :attr:`StudentLearner.served`, a :class:`~models.served.ServedStudent` over
+the live module (``score``, ``user_vector``, ``item_vectors``, ``logits_from_vectors`` delegate to it).
 
 >>> from models.synthetic import SyntheticRequests
 >>> samples = SyntheticRequests(seed=1).batch(4)
@@ -46,6 +50,7 @@ from models.features import ItemFeatures, RequestSample, UserFeatures
 from models.ftrl import FTRLConfig, FTRLProximal
 from models.losses import PairLabels, StudentObjective, combine
 from models.optim import SparseDenseOptimizer
+from models.served import ServedStudent
 from models.sparse import SparseLookup
 from models.two_tower import TwoTowerConfig, TwoTowerStudent
 
@@ -108,6 +113,7 @@ class StudentLearner:
         self.teacher = teacher
         self.student = TwoTowerStudent(config)
         self.optimizer = SparseDenseOptimizer(self.student.parameters(), ftrl, dense_lr)
+        self._served = ServedStudent(self.student)
         self.step = 0
         self.clock_ms = 0
         self._evicted_item_ids: list[str] = []
@@ -142,9 +148,7 @@ class StudentLearner:
 
         unique_items, request_index, item_index = flatten_pairs(samples)
         lookup = SparseLookup(self.student.tables, now=self.clock_ms, learn=True)
-        user_vectors = self.student.encode_users([s.user for s in samples], lookup)
-        item_vectors = self.student.encode_items(unique_items, lookup)
-        logits = self.student.pair_logits(user_vectors[request_index], item_vectors[item_index])
+        logits = self.student([s.user for s in samples], unique_items, request_index, item_index, lookup)
         # Pre-update logits of every (request, item) pair, in sample order: progressive
         # evaluation (score before learn) costs nothing extra.
         self.last_pair_logits = logits.detach().numpy().copy()
@@ -171,17 +175,25 @@ class StudentLearner:
         return metrics
 
     # ------------------------------------------------------------------ scoring
-    def user_vector(self, user: UserFeatures) -> np.ndarray:
-        return self.student.user_vector(user)
-
-    def item_vectors(self, items: Sequence[ItemFeatures]) -> np.ndarray:
-        return self.student.item_vectors(items)
-
-    def logits_from_vectors(self, user_vector: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
-        return self.student.logits_from_vectors(user_vector, item_vectors)
+    @property
+    def served(self) -> ServedStudent:
+        """The scoring path over the live module (its current weights; read-only)."""
+        if self._served.student is not self.student:
+            self._served = ServedStudent(self.student)
+        return self._served
 
     def score(self, user: UserFeatures, items: Sequence[ItemFeatures]) -> np.ndarray:
-        return self.student.score(user, items)
+        return self.served.score(user, items)
+
+    # The vector path, kept for callers outside models/ (use ``served``).
+    def user_vector(self, user: UserFeatures) -> np.ndarray:
+        return self.served.user_vector(user)
+
+    def item_vectors(self, items: Sequence[ItemFeatures]) -> np.ndarray:
+        return self.served.item_vectors(items)
+
+    def logits_from_vectors(self, user_vector: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
+        return self.served.logits_from_vectors(user_vector, item_vectors)
 
     def zero_row_ratio(self) -> float:
         return self.student.zero_row_ratio()

@@ -5,18 +5,21 @@ Each tower mean-pools its slots' embeddings (see :mod:`models.tokens`), concaten
 layers (ReLU between) to an ``output_dim`` vector, L2-normalised. The logit of a (user, item)
 pair is ``temperature * cos(u, v) + bias``.
 
-The module holds no optimiser (see :class:`models.learner.StudentLearner`). Item vectors depend
-on item features only, so a scorer runs :meth:`TwoTowerStudent.user_vector` once per request
-and reuses cached :meth:`TwoTowerStudent.item_vectors`.
+:class:`TwoTowerStudent` is the trainable ``nn.Module``: :meth:`TwoTowerStudent.forward` maps
+requests' users and their items to pair logits, and a learner back-propagates through it. It holds
+no optimiser (see :class:`models.learner.StudentLearner`). Scoring for serving lives in
+:class:`models.served.ServedStudent`: item vectors depend on item features only, so a scorer runs
+the user tower once per request and reuses cached item vectors. (The module's own
+``user_vector`` / ``item_vectors`` / ``logits_from_vectors`` / ``scalars`` / ``score`` delegate
+to it and are kept for older callers.)
 
 >>> from models.features import ItemFeatures, UserFeatures
 >>> student = TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=6))
->>> user, items = UserFeatures("u1"), [ItemFeatures("i1"), ItemFeatures("i2", tags=("t",))]
->>> vectors = student.item_vectors(items)
->>> vectors.shape, bool(np.allclose(np.linalg.norm(vectors, axis=1), 1.0))
-((2, 6), True)
->>> logits = student.logits_from_vectors(student.user_vector(user), vectors)
->>> bool(np.array_equal(logits, student.score(user, items)))
+>>> users, items = [UserFeatures("u1"), UserFeatures("u2")], [ItemFeatures("i1"), ItemFeatures("i2", tags=("t",))]
+>>> logits = student(users, items, torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1]))
+>>> tuple(logits.shape), logits.requires_grad
+((3,), True)
+>>> bool(torch.allclose(logits[:2], torch.from_numpy(ServedStudent(student).score(users[0], items))))
 True
 """
 
@@ -37,6 +40,7 @@ from models.embedding import EmbeddingTable, zero_row_ratio
 from models.exceptions import ConfigError
 from models.features import ItemFeatures, UserFeatures
 from models.id_map import DynamicIdMap
+from models.served import ServedStudent
 from models.sparse import SparseLookup
 from models.tokens import (
     ITEM_SLOT_TABLES,
@@ -126,6 +130,28 @@ class TwoTowerStudent(nn.Module):
         self.bias = nn.Parameter(torch.zeros(()))
 
     # ------------------------------------------------------------ torch side (training)
+    def forward(
+        self,
+        users: Sequence[UserFeatures],
+        items: Sequence[ItemFeatures],
+        request_index: torch.Tensor,
+        item_index: torch.Tensor,
+        lookup: SparseLookup | None = None,
+    ) -> torch.Tensor:
+        """Logits of the pairs ``(users[request_index[p]], items[item_index[p]])``: shape ``(n_pairs,)``.
+
+        ``users`` are the ``R`` requests' users and ``items`` the ``I`` distinct items; each tower
+        runs once per user / item (``(R, output_dim)`` and ``(I, output_dim)`` unit vectors) and the
+        vectors are broadcast to the pairs. ``request_index`` and ``item_index`` are int64
+        ``(n_pairs,)``. ``lookup`` reads (and, if learning, admits and records) the embedding rows;
+        by default a read-only lookup of :attr:`tables`.
+        """
+        if lookup is None:
+            lookup = SparseLookup(self.tables, now=0, learn=False)
+        user_vectors = self.encode_users(users, lookup)
+        item_vectors = self.encode_items(items, lookup)
+        return self.pair_logits(user_vectors[request_index], item_vectors[item_index])
+
     def encode_users(self, users: Sequence[UserFeatures], lookup: SparseLookup) -> torch.Tensor:
         """Unit user vectors, shape ``(len(users), output_dim)``."""
         pooled = [lookup.pool(table, ids) for table, ids in user_slots(users).values()]
@@ -140,58 +166,26 @@ class TwoTowerStudent(nn.Module):
         """Row-wise ``temperature * <u, v> + bias`` for aligned ``(n, d)`` inputs: shape ``(n,)``."""
         return self.log_temperature.exp() * (user_vectors * item_vectors).sum(dim=1) + self.bias
 
-    # ------------------------------------------------------------ numpy side (scoring)
+    # ------------------------------------------------------------ scoring (kept for older callers)
     def user_vector(self, user: UserFeatures) -> np.ndarray:
-        """The unit user vector, float32 shape ``(output_dim,)``. Read-only.
-
-        The scorer's per-request path: the same slots, mean pooling and tower as
-        :meth:`encode_users`, in numpy on views of the live weights, because for one user the
-        per-operation overhead of torch dominates the arithmetic.
-        """
-        pooled = []
-        for table_name, id_lists in user_slots([user]).values():
-            table = self.tables[table_name]
-            ids = id_lists[0]
-            if not ids:
-                pooled.append(np.zeros(table.dim, dtype=np.float32))
-                continue
-            rows = table.lookup(ids, now=0, learn=False)
-            pooled.append(table.weight.detach().numpy()[rows].mean(axis=0))
-        hidden = np.concatenate(pooled)
-        layers = [layer for layer in self.user_tower if isinstance(layer, nn.Linear)]
-        for index, layer in enumerate(layers):
-            hidden = layer.weight.detach().numpy() @ hidden + layer.bias.detach().numpy()
-            if index < len(layers) - 1:
-                np.maximum(hidden, 0.0, out=hidden)
-        return (hidden / max(float(np.linalg.norm(hidden)), 1e-12)).astype(np.float32)
+        """Same as :meth:`models.served.ServedStudent.user_vector` (use that)."""
+        return ServedStudent(self).user_vector(user)
 
     def item_vectors(self, items: Sequence[ItemFeatures]) -> np.ndarray:
-        """Unit item vectors, float32 shape ``(len(items), output_dim)``. Read-only."""
-        if not items:
-            return np.zeros((0, self.config.output_dim), dtype=np.float32)
-        with torch.no_grad():
-            return self.encode_items(items, SparseLookup(self.tables, 0, learn=False)).numpy()
+        """Same as :meth:`models.served.ServedStudent.item_vectors` (use that)."""
+        return ServedStudent(self).item_vectors(items)
 
     def logits_from_vectors(self, user_vector: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
-        """``temperature * item_vectors @ user_vector + bias``: float32 shape ``(n,)``.
-
-        The product runs in torch (its thread setting), not numpy: numpy's multithreaded
-        OpenBLAS was measured at ~15 ms instead of ~0.1 ms for 1000 x 512 on a busy 2-core box.
-        """
-        temperature, bias = self.scalars()
-        items = torch.from_numpy(np.ascontiguousarray(item_vectors, dtype=np.float32))
-        user = torch.from_numpy(np.ascontiguousarray(user_vector, dtype=np.float32))
-        if items.shape[0] == 0:
-            return np.zeros(0, dtype=np.float32)
-        return (torch.mv(items, user) * temperature + bias).numpy()
+        """Same as :meth:`models.served.ServedStudent.logits_from_vectors` (use that)."""
+        return ServedStudent(self).logits_from_vectors(user_vector, item_vectors)
 
     def scalars(self) -> tuple[float, float]:
-        """Current ``(temperature, bias)`` as Python floats."""
-        return float(self.log_temperature.detach().exp()), float(self.bias.detach())
+        """Same as :meth:`models.served.ServedStudent.scalars` (use that)."""
+        return ServedStudent(self).scalars()
 
     def score(self, user: UserFeatures, items: Sequence[ItemFeatures]) -> np.ndarray:
-        """Logits of ``items`` for ``user`` (float32 ``(n,)``), via the cached-vector path."""
-        return self.logits_from_vectors(self.user_vector(user), self.item_vectors(items))
+        """Same as :meth:`models.served.ServedStudent.score` (use that)."""
+        return ServedStudent(self).score(user, items)
 
     def zero_row_ratio(self) -> float:
         """Share of admitted embedding rows (all tables, fallback rows excluded) that are all zero."""

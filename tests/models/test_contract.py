@@ -1,5 +1,5 @@
 """The Ranker contract, run over every model: the student in each loss mode, both teachers and the
-three baselines."""
+three baselines; and, for the students, the served model (the scorer's path) against the learner."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from models.baselines import GlobalCTR, LogisticFTRL, OnlineTree
+from models.export import export_bytes
 from models.features import ItemFeatures, RequestSample, UserFeatures
 from models.learner import StudentLearner
 from models.losses import LOSS_MODES, StudentObjective
 from models.protocol import Ranker
+from models.served import ServedStudent
 from models.synthetic import SyntheticRequests
 from models.teacher import TeacherConfig, TeacherLearner
 from models.two_tower import TwoTowerConfig
@@ -42,6 +44,11 @@ assert {name.removeprefix("student-") for name in FACTORIES if name.startswith("
 
 @pytest.fixture(params=sorted(FACTORIES))
 def factory(request):
+    return FACTORIES[request.param]
+
+
+@pytest.fixture(params=sorted(name for name in FACTORIES if name.startswith("student-")))
+def student_factory(request):
     return FACTORIES[request.param]
 
 
@@ -179,3 +186,24 @@ def test_the_learning_check_rejects_a_model_that_does_not_learn(factory):
     with pytest.raises(AssertionError, match="learning left the scores unchanged"):
         check_learning_changes_scores(frozen)
     check_learning_changes_scores(model)  # the same model, learning: accepted
+
+
+def test_the_served_model_scores_like_the_learner(student_factory):
+    """What a scorer loads from a published version (the export) and the learner's own served view
+    score exactly like the learner, through ``score`` and through the vector path."""
+    model = student_factory()
+    batches = _batches(n=4)
+    _train(model, batches[:3])
+    user, items = _probe()
+    unseen = UserFeatures("never-seen", history_items=("ghost",))
+    published = ServedStudent.from_bytes(export_bytes(model))
+    for served in (model.served, published, ServedStudent.from_bytes(export_bytes(model, prune=False))):
+        for probe_user in (user, unseen):
+            expected = model.score(probe_user, items)
+            np.testing.assert_array_equal(served.score(probe_user, items), expected)
+            vectors = served.item_vectors(items)
+            np.testing.assert_array_equal(served.logits_from_vectors(served.user_vector(probe_user), vectors), expected)
+    frozen = published.score(user, items)
+    model.learn_many(batches[3])
+    np.testing.assert_array_equal(model.served.score(user, items), model.score(user, items))
+    np.testing.assert_array_equal(published.score(user, items), frozen)  # a published version does not move
