@@ -1,4 +1,4 @@
-"""Export round trip, pruning of all-zero rows, size report and malformed files."""
+"""Export round trip, pruning of all-zero rows, computed sizes, size report and malformed files."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ from models.exceptions import ExportError
 from models.export import (
     export_bytes,
     export_file,
+    export_size,
     load_student_bytes,
     load_student_file,
     size_report,
 )
-from models.features import ItemFeatures, UserFeatures
+from models.features import ItemFeatures, RequestSample, UserFeatures
 from models.ftrl import FTRLConfig
 from models.learner import StudentLearner
+from models.synthetic import SyntheticRequests
+from models.two_tower import TwoTowerConfig
 
 
 @pytest.fixture
@@ -60,6 +63,40 @@ def test_size_report_counts_the_dropped_rows(trained):
     assert report["rows_before"] == rows_total and report["rows_after"] == rows_total - zero_rows
     assert report["bytes_before"] - report["bytes_after"] >= zero_rows * trained.config.embedding_dim * 4
     assert report["reduction"] == pytest.approx(1 - report["bytes_after"] / report["bytes_before"])
+
+
+def _odd_ids_sample() -> RequestSample:
+    """Ids the header's JSON must escape or encode: quotes, backslashes, control and non-ASCII characters."""
+    items = (ItemFeatures('i"quote', "a\\back", ("t\u00e9", "t\n\x01"), 5), ItemFeatures("视频-🎬", "作者"))
+    user = UserFeatures('u"\\', profile={"g": "é"}, history_items=("视频-🎬", 'i"quote'))
+    return RequestSample("r", 10, user, items, cascade=(1, 0), click=(1, 0), long_view=(0, 0), like=(0, 0))
+
+
+SIZES = {
+    "tiny": TwoTowerConfig(embedding_dim=1, hidden_sizes=(), output_dim=1, min_count=1),
+    "small": TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=8, min_count=1),
+    "wide": TwoTowerConfig(embedding_dim=24, hidden_sizes=(64, 48), output_dim=32, min_count=2),
+}
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+@pytest.mark.parametrize("n_batches", [0, 1, 6])
+def test_computed_export_size_equals_the_serialised_length(size, n_batches):
+    """``n_batches=0`` is a fresh model (every table empty); ``min_count=2`` leaves some tables
+    empty after one batch; l1 makes pruned and kept rows; the odd ids exercise the JSON escaping."""
+    learner = StudentLearner(SIZES[size], ftrl=FTRLConfig(l1=1.0))
+    stream = SyntheticRequests(seed=5, n_users=60, n_items=150, items_per_request=6)
+    for k in range(n_batches):
+        learner.learn_many(stream.batch(12) + ([_odd_ids_sample()] if k % 2 == 0 else []))
+    if n_batches == 0:
+        assert all(len(t.id_map) == 0 for t in learner.student.tables.values())
+    for prune in (False, True):
+        data = export_bytes(learner, prune=prune)
+        assert export_size(learner, prune=prune) == len(data), prune
+        assert export_size(load_student_bytes(data), prune=prune) == len(export_bytes(load_student_bytes(data), prune=prune))
+    report = size_report(learner)
+    assert report["bytes_before"] == len(export_bytes(learner, prune=False))
+    assert report["bytes_after"] == len(export_bytes(learner, prune=True))
 
 
 def test_file_variants(trained, tmp_path, stream):
