@@ -196,11 +196,34 @@ class VowpalWabbitArm(_PeerArm):
         self.vw.finish()
 
 
+class _CrossRow:
+    """The cross weights of one user-side code: item code -> river's weight, in growing arrays."""
+
+    __slots__ = ("slot", "cols", "vals")
+
+    def __init__(self) -> None:
+        self.slot: dict[int, int] = {}
+        self.cols = np.zeros(4, dtype=np.int64)
+        self.vals = np.zeros(4, dtype=np.float64)
+
+    def set(self, col: int, value: float) -> None:
+        k = self.slot.get(col)
+        if k is None:
+            k = self.slot[col] = len(self.slot)
+            if k >= len(self.cols):
+                self.cols = np.concatenate([self.cols, np.zeros_like(self.cols)])
+                self.vals = np.concatenate([self.vals, np.zeros_like(self.vals)])
+            self.cols[k] = col
+        self.vals[k] = value
+
+
 class RiverFTRLArm(_PeerArm):
     """river ``LogisticRegression`` with ``optim.FTRLProximal`` over coded one-hot ids and crosses.
 
     Feature keys are ints: a token ``ns=value`` gets a code (``< 2**31``) the first time it is
     seen; a cross of a user-side code ``a`` and an item code ``b`` is ``(a + 1) << 32 | b``.
+    Scoring adds, per candidate, the weights of its single codes (an array over codes) and of its
+    crosses with the user's codes (each user-side code's row scattered over item codes).
     """
 
     def __init__(
@@ -225,7 +248,8 @@ class RiverFTRLArm(_PeerArm):
         self.check_every = check_every
         self._codes: dict[str, int] = {"": 0}  # code 0: padding, never learned
         self._single = np.zeros(1 << 16, dtype=np.float64)  # river's weight of each single code
-        self._cross: dict[int, float] = {}  # river's weight of each cross key
+        self._rows: dict[int, _CrossRow] = {}  # river's weights of the crosses, by user-side code
+        self._scratch = np.zeros(1 << 16, dtype=np.float64)
         self._index = {item.item_id: k for k, item in enumerate(self._catalog)}
         item_codes = [self._item_codes(item) for item in self._catalog]
         width = max((len(c) for c in item_codes), default=1)
@@ -274,13 +298,17 @@ class RiverFTRLArm(_PeerArm):
         single = self._single
         base = self.model.intercept + float(single[np.unique(singles)].sum())
         logits = base + single[self._item_singles[indices]].sum(axis=1)
-        if crossed:
-            a = (np.unique(np.asarray(crossed, dtype=np.int64)) + 1) << 32
-            keys = (a[:, None] | self._item_code[indices][None, :]).ravel().tolist()
-            get = self._cross.get
-            logits += np.fromiter((get(k, 0.0) for k in keys), dtype=np.float64, count=len(keys)).reshape(
-                len(a), len(indices)
-            ).sum(axis=0)
+        rows = [row for row in map(self._rows.get, set(crossed)) if row is not None]
+        if rows:
+            if len(self._scratch) < len(self._codes):
+                self._scratch = np.zeros(2 * len(self._codes), dtype=np.float64)
+            scratch = self._scratch  # zero outside this block
+            for row in rows:
+                n = len(row.slot)
+                scratch[row.cols[:n]] += row.vals[:n]
+            logits += scratch[self._item_code[indices]]
+            for row in rows:
+                scratch[row.cols[: len(row.slot)]] = 0.0
         self.score_s += time.perf_counter() - start
         self.requests_scored += 1
         if self.check_every and self.requests_scored % self.check_every == 1 % self.check_every:
@@ -306,7 +334,10 @@ class RiverFTRLArm(_PeerArm):
         for key in x:
             value = weights.get(key, 0.0)
             if key >> 32:
-                self._cross[key] = value
+                row = self._rows.get((key >> 32) - 1)
+                if row is None:
+                    row = self._rows[(key >> 32) - 1] = _CrossRow()
+                row.set(key & 0xFFFFFFFF, value)
             else:
                 self._single[key] = value
 
@@ -318,6 +349,6 @@ class RiverFTRLArm(_PeerArm):
             river_check_max_abs_diff_proba=self.check_max_abs_diff if self.check_requests else math.nan,
             river_native_score_ms_per_request=1e3 * self.check_score_s / max(1, self.check_requests),
             river_native_score_us_per_candidate=1e6 * self.check_score_s / max(1, self.check_candidates),
-            river_weights=len(self._cross) + int(np.count_nonzero(self._single)),
+            river_weights=sum(len(row.slot) for row in self._rows.values()) + int(np.count_nonzero(self._single)),
         )
         return out
