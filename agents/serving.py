@@ -31,6 +31,7 @@ from funnel.history import HistoryConfig, UserHistory, local_hour_and_weekday
 from funnel.labels import JoinConfig, LabelConfig, LabelJoin, build_request_sample
 from funnel.scoring import Scorer
 from funnel.store import ModelStore, open_store
+from models.served import ServedStudent
 from monitoring.metrics import PrerankMetrics
 from streams import (
     impressions,
@@ -236,18 +237,12 @@ def _install_joiner(runtime: Runtime, serving: Serving) -> None:
             metrics.joiner_pending_requests.set(state.pending_requests())
 
 
-def load_student(data: bytes):
-    from models.export import load_student_bytes
-
-    return load_student_bytes(data)
-
-
 def _install_scorer(runtime: Runtime, serving: Serving, snapshot) -> None:
     settings = runtime.settings
     app = runtime.app
     worker = settings.worker
     scorer = Scorer(
-        serving.store, load_student, dtype=worker.vector_dtype, lru_items=worker.local_cache_items,
+        serving.store, ServedStudent.from_bytes, dtype=worker.vector_dtype, lru_items=worker.local_cache_items,
         max_candidates=worker.max_candidates, max_k=worker.max_k,
         easy_negatives=settings.model.easy_negatives, audit_every=worker.audit_every, catalog=serving.catalog,
     )

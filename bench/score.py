@@ -55,7 +55,7 @@ def measure(candidates: int, k: int, requests: int, naive_requests: int, seed: i
         learner.learn_many(generator.batch(32))
     catalog = [generator.item(i) for i in range(generator.n_items)]
     cache_rows = {item.item_id: row for row, item in enumerate(catalog)}
-    cache = np.ascontiguousarray(learner.item_vectors(catalog), dtype=np.float32)
+    cache = np.ascontiguousarray(learner.served.item_vectors(catalog), dtype=np.float32)
 
     rng = np.random.default_rng(seed)
     users = [generator.user(int(u)) for u in rng.integers(0, generator.n_users, requests)]
@@ -64,13 +64,13 @@ def measure(candidates: int, k: int, requests: int, naive_requests: int, seed: i
     ]
 
     def fast(user, items):
-        user_vector = learner.user_vector(user)
+        user_vector = learner.served.user_vector(user)
         rows = np.fromiter((cache_rows[item.item_id] for item in items), dtype=np.int64, count=len(items))
-        return top_k(learner.logits_from_vectors(user_vector, cache[rows]), k)
+        return top_k(learner.served.logits_from_vectors(user_vector, cache[rows]), k)
 
     def naive(user, items):
-        user_vector = learner.user_vector(user)
-        return top_k(learner.logits_from_vectors(user_vector, learner.item_vectors(items)), k)
+        user_vector = learner.served.user_vector(user)
+        return top_k(learner.served.logits_from_vectors(user_vector, learner.served.item_vectors(items)), k)
 
     scorer = Scorer(ModelStore(_NoVersionChange(), "bench"), lambda _: learner, lru_items=len(catalog))
     scorer.model, scorer.version = learner, 1
@@ -90,7 +90,7 @@ def measure(candidates: int, k: int, requests: int, naive_requests: int, seed: i
 
     def top_scores(user, items):  # ties (identical synthetic items) may be ordered differently
         rows = np.fromiter((cache_rows[item.item_id] for item in items), dtype=np.int64, count=len(items))
-        logits = learner.logits_from_vectors(learner.user_vector(user), cache[rows])
+        logits = learner.served.logits_from_vectors(learner.served.user_vector(user), cache[rows])
         return np.sort(logits)[::-1][:k]
 
     agree = agree and all(

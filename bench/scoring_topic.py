@@ -202,13 +202,13 @@ def in_process(settings: Settings, config: ScoringConfig, store, generator, cata
     """Scorer.score with a warm LRU, with Redis only, and the naive item tower, on the same requests."""
     from funnel.metrics import top_k
     from funnel.scoring import Scorer
-    from models.export import load_student_bytes
+    from models.served import ServedStudent
 
     by_id = {item.item_id: item for item in catalog}
     users = {r.user_id: generator.user(int(r.user_id[1:])) for r in requests}
 
     def scorer(lru_items: int) -> Scorer:
-        made = Scorer(store, load_student_bytes, dtype=settings.worker.vector_dtype, lru_items=lru_items,
+        made = Scorer(store, ServedStudent.from_bytes, dtype=settings.worker.vector_dtype, lru_items=lru_items,
                       max_candidates=settings.worker.max_candidates, max_k=settings.worker.max_k,
                       easy_negatives=settings.model.easy_negatives)
         made.refresh(force=True)

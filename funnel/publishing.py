@@ -13,12 +13,8 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from models.embedding import zero_row_ratio
-from models.export import export_bytes
+from models.export import export_bytes, export_size
 from models.features import ItemFeatures
-
-
-def unpruned_export_bytes(learner) -> int:
-    return len(export_bytes(learner, prune=False))
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +116,7 @@ class Publisher:
         items = self.hot.top()
         blocks = []
         for start in range(0, len(items), self.chunk):
-            blocks.append(np.asarray(learner.item_vectors(items[start:start + self.chunk]), dtype=self.dtype))
+            blocks.append(np.asarray(learner.served.item_vectors(items[start:start + self.chunk]), dtype=self.dtype))
         vectors = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=self.dtype)
         weights = self.export(learner)
         # Each table's all-zero mask once: a scan of the table.
@@ -130,7 +126,7 @@ class Publisher:
             version=self.version, created_at_ms=int(time.time() * 1000), n_items=len(items),
             dim=int(vectors.shape[1]) if blocks else 0, dtype=self.dtype, samples_learned=samples_learned,
             records_learned=records_learned, weights_bytes=len(weights),
-            weights_bytes_unpruned=unpruned_export_bytes(learner),
+            weights_bytes_unpruned=export_size(learner, prune=False),
             zero_row_ratio=zero_row_ratio(masks.values()),
             zero_row_ratio_by_table={name: zero_row_ratio([mask]) for name, mask in masks.items()},
             deleted_items=len(evicted),

@@ -119,8 +119,8 @@ class Scorer:
     catalog
         The worker's :class:`funnel.catalog.ItemCatalog` (a private one over ``store`` if omitted).
     load_model
-        Turns a version's exported weights into an object with ``user_vector(user)``,
-        ``item_vectors(items)`` and ``logits_from_vectors(u, V)``.
+        Turns a version's exported weights into the served model
+        (:meth:`models.served.ServedStudent.from_bytes`).
     """
 
     def __init__(

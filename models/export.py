@@ -15,7 +15,8 @@ safetensors writes, without serialising the weights (the trainer's unpruned size
 >>> learner = StudentLearner(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=8, min_count=1))
 >>> samples = SyntheticRequests(seed=0).batch(8)
 >>> _ = learner.learn_many(samples)
->>> served = ServedStudent.from_bytes(export_bytes(learner))     # = load_student_bytes(...)
+>>> from models.served import ServedStudent
+>>> served = ServedStudent.from_bytes(export_bytes(learner))
 >>> user, items = samples[0].user, samples[0].items
 >>> bool(np.array_equal(served.score(user, items), learner.score(user, items)))
 True
@@ -28,8 +29,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from os import PathLike
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +40,6 @@ from models.embedding import EmbeddingTable
 from models.exceptions import ExportError
 from models.id_map import DynamicIdMap
 from models.learner import _read_metadata
-from models.served import ServedStudent
 from models.two_tower import TwoTowerConfig, TwoTowerStudent
 
 EXPORT_FORMAT = "prerank.two_tower_export/1"
@@ -150,11 +148,6 @@ def safetensors_size(
     return 8 + header_bytes + (-header_bytes) % 8 + offset
 
 
-def load_student_bytes(data: bytes) -> ServedStudent:
-    """The served model of an export: :meth:`ServedStudent.from_bytes` (``user_vector``, ``score``...)."""
-    return ServedStudent(student_module_from_bytes(data))
-
-
 def student_module_from_bytes(data: bytes) -> TwoTowerStudent:
     """The :class:`TwoTowerStudent` module of an export (eval mode; frozen id maps, no TTL).
 
@@ -188,17 +181,6 @@ def student_module_from_bytes(data: bytes) -> TwoTowerStudent:
         raise ExportError(f"dense weights do not match the config: {error}") from error
     student.eval()
     return student
-
-
-def export_file(model: Any, path: str | PathLike[str], prune: bool = True) -> int:
-    """Write :func:`export_bytes` to ``path``; returns the number of bytes written."""
-    data = export_bytes(model, prune=prune)
-    Path(path).write_bytes(data)
-    return len(data)
-
-
-def load_student_file(path: str | PathLike[str]) -> ServedStudent:
-    return load_student_bytes(Path(path).read_bytes())
 
 
 def size_report(model: Any) -> dict[str, float]:

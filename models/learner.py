@@ -185,16 +185,6 @@ class StudentLearner:
     def score(self, user: UserFeatures, items: Sequence[ItemFeatures]) -> np.ndarray:
         return self.served.score(user, items)
 
-    # The vector path, kept for callers outside models/ (use ``served``).
-    def user_vector(self, user: UserFeatures) -> np.ndarray:
-        return self.served.user_vector(user)
-
-    def item_vectors(self, items: Sequence[ItemFeatures]) -> np.ndarray:
-        return self.served.item_vectors(items)
-
-    def logits_from_vectors(self, user_vector: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
-        return self.served.logits_from_vectors(user_vector, item_vectors)
-
     def zero_row_ratio(self) -> float:
         return self.student.zero_row_ratio()
 

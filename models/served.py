@@ -6,8 +6,7 @@ student's weights and never learns or admits ids. A scorer runs :meth:`ServedStu
 once per request (numpy, on views of the weights), takes item vectors from a cache or from
 :meth:`ServedStudent.item_vectors`, and combines them with :meth:`ServedStudent.logits_from_vectors`.
 
-Built from a published version's export (:meth:`ServedStudent.from_bytes`, the same as
-:func:`models.export.load_student_bytes`) it is frozen; built over a live module
+Built from a published version's export (:meth:`ServedStudent.from_bytes`) it is frozen; built over a live module
 (``ServedStudent(student)``, as :attr:`models.learner.StudentLearner.served` does) it scores with
 the module's current weights.
 

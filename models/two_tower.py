@@ -9,11 +9,10 @@ pair is ``temperature * cos(u, v) + bias``.
 requests' users and their items to pair logits, and a learner back-propagates through it. It holds
 no optimiser (see :class:`models.learner.StudentLearner`). Scoring for serving lives in
 :class:`models.served.ServedStudent`: item vectors depend on item features only, so a scorer runs
-the user tower once per request and reuses cached item vectors. (The module's own
-``user_vector`` / ``item_vectors`` / ``logits_from_vectors`` / ``scalars`` / ``score`` delegate
-to it and are kept for older callers.)
+the user tower once per request and reuses cached item vectors.
 
 >>> from models.features import ItemFeatures, UserFeatures
+>>> from models.served import ServedStudent
 >>> student = TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=6))
 >>> users, items = [UserFeatures("u1"), UserFeatures("u2")], [ItemFeatures("i1"), ItemFeatures("i2", tags=("t",))]
 >>> logits = student(users, items, torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1]))
@@ -31,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,7 +38,6 @@ from models.embedding import EmbeddingTable, zero_row_ratio
 from models.exceptions import ConfigError
 from models.features import ItemFeatures, UserFeatures
 from models.id_map import DynamicIdMap
-from models.served import ServedStudent
 from models.sparse import SparseLookup
 from models.tokens import (
     ITEM_SLOT_TABLES,
@@ -165,27 +162,6 @@ class TwoTowerStudent(nn.Module):
     def pair_logits(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
         """Row-wise ``temperature * <u, v> + bias`` for aligned ``(n, d)`` inputs: shape ``(n,)``."""
         return self.log_temperature.exp() * (user_vectors * item_vectors).sum(dim=1) + self.bias
-
-    # ------------------------------------------------------------ scoring (kept for older callers)
-    def user_vector(self, user: UserFeatures) -> np.ndarray:
-        """Same as :meth:`models.served.ServedStudent.user_vector` (use that)."""
-        return ServedStudent(self).user_vector(user)
-
-    def item_vectors(self, items: Sequence[ItemFeatures]) -> np.ndarray:
-        """Same as :meth:`models.served.ServedStudent.item_vectors` (use that)."""
-        return ServedStudent(self).item_vectors(items)
-
-    def logits_from_vectors(self, user_vector: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
-        """Same as :meth:`models.served.ServedStudent.logits_from_vectors` (use that)."""
-        return ServedStudent(self).logits_from_vectors(user_vector, item_vectors)
-
-    def scalars(self) -> tuple[float, float]:
-        """Same as :meth:`models.served.ServedStudent.scalars` (use that)."""
-        return ServedStudent(self).scalars()
-
-    def score(self, user: UserFeatures, items: Sequence[ItemFeatures]) -> np.ndarray:
-        """Same as :meth:`models.served.ServedStudent.score` (use that)."""
-        return ServedStudent(self).score(user, items)
 
     def zero_row_ratio(self) -> float:
         """Share of admitted embedding rows (all tables, fallback rows excluded) that are all zero."""

@@ -79,9 +79,10 @@ class StudentArm(_Timed):
     def score(self, user: UserFeatures, indices: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
         if self._vectors is None:
-            self._vectors = self.learner.item_vectors(self._catalog)
+            self._vectors = self.learner.served.item_vectors(self._catalog)
             self.refreshes += 1
-        logits = self.learner.logits_from_vectors(self.learner.user_vector(user), self._vectors[indices])
+        served = self.learner.served
+        logits = served.logits_from_vectors(served.user_vector(user), self._vectors[indices])
         self.score_s += time.perf_counter() - start
         self.requests_scored += 1
         return logits

@@ -12,8 +12,8 @@ import pytest
 from core.redis import redis_client
 from funnel.publishing import Publisher
 from funnel.store import ModelStore
-from models.export import load_student_bytes
 from models.learner import StudentLearner
+from models.served import ServedStudent
 from models.synthetic import SyntheticRequests
 from models.two_tower import TwoTowerConfig
 from tests.conftest import need_service
@@ -73,7 +73,7 @@ def test_a_publish_writes_weights_vectors_and_meta_then_points_current_at_them(c
     # the weights are the learner's export (safetensors headers are not byte-stable: compare what loads)
     weights = store.weights(1)
     assert published.weights_bytes == len(weights) <= published.weights_bytes_unpruned
-    np.testing.assert_array_equal(load_student_bytes(weights).item_vectors(items), learner.item_vectors(items))
+    np.testing.assert_array_equal(ServedStudent.from_bytes(weights).item_vectors(items), learner.served.item_vectors(items))
     stored_meta = store.meta(1)
     assert stored_meta == published.meta() and "publish_s" not in stored_meta
     assert (stored_meta["n_items"], stored_meta["dim"], stored_meta["dtype"]) == (len(items), 6, "float16")
@@ -84,7 +84,7 @@ def test_a_publish_writes_weights_vectors_and_meta_then_points_current_at_them(c
     assert vector_ids(real, prefix, 1) == {item.item_id for item in items}
     found, rows = store.vector_rows(1, [item.item_id for item in items], "float16")
     assert found.all()
-    np.testing.assert_array_equal(rows, learner.item_vectors(items).astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(rows, learner.served.item_vectors(items).astype(np.float16).astype(np.float32))
     # every key of the version expires within the TTL; the pointer and the version set do not
     for key in version_keys(real, prefix, 1):
         assert 0 < real.ttl(key) <= TTL_S, key

@@ -9,6 +9,7 @@ import numpy as np
 from funnel.scoring import Scorer, VectorLRU
 from funnel.store import ModelStore
 from models.features import ItemFeatures, UserFeatures
+from models.served import ServedStudent
 from models.two_tower import TwoTowerConfig, TwoTowerStudent
 from streams.score_requests import ScoreRequest
 
@@ -48,7 +49,7 @@ class FakeRedis:
 
 
 def test_scorer_tiers_give_the_stored_and_the_computed_vectors():
-    student = TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1))
+    student = ServedStudent(TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1)))
     items = [ItemFeatures(f"i{k}", author_id=f"a{k % 3}", tags=("t",)) for k in range(10)]
     store = ModelStore(FakeRedis(), "p")
     published = student.item_vectors(items[:6]).astype(np.float16)
@@ -136,7 +137,7 @@ def test_published_vectors_read_back_in_order_with_their_ttl():
 
 def test_a_scorer_without_a_model_picks_up_the_first_version_on_the_next_request():
     """No refresh pause while nothing is served: a request right after the first publish is answered."""
-    student = TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1))
+    student = ServedStudent(TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1)))
     store = ModelStore(FakeRedis(), "p")
     scorer = Scorer(store, lambda _: student, refresh_interval_s=60.0, audit_every=0, clock=lambda: 0.0)
     request = ScoreRequest(request_id="r", user_id="u", ts_ms=0, candidates=["i0", "i1", "i2"], k=2)
@@ -147,7 +148,7 @@ def test_a_scorer_without_a_model_picks_up_the_first_version_on_the_next_request
 
 
 def test_a_response_ranks_the_top_k_and_samples_easy_negatives_outside_it():
-    student = TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1, seed=3))
+    student = ServedStudent(TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1, seed=3)))
     items = [ItemFeatures(f"i{k}", author_id=f"a{k % 7}", tags=(f"t{k % 5}",)) for k in range(60)]
     scorer = Scorer(ModelStore(FakeRedis(), "p"), lambda _: student, easy_negatives=8, audit_every=0)
     scorer.model, scorer.version = student, 1

@@ -99,8 +99,8 @@ def test_trainer_publishes_a_version_the_scorer_serves_with_the_model_scores(sta
     import numpy as np
 
     from funnel.convert import user_from_snapshot
-    from models.export import load_student_bytes
     from models.features import ItemFeatures
+    from models.served import ServedStudent
     from streams import score_requests, score_responses
     from streams.score_requests import ScoreRequest
 
@@ -130,7 +130,7 @@ def test_trainer_publishes_a_version_the_scorer_serves_with_the_model_scores(sta
     assert response.error is None and response.model_version == version
     assert response.cache_tiers["redis"] >= 40 and response.cache_tiers["computed"] >= 1
     assert response.unknown_items == 1
-    model = load_student_bytes(store.weights(version))
+    model = ServedStudent.from_bytes(store.weights(version))
     user = user_from_snapshot(response.user)
     expected = model.score(user, [ItemFeatures(i.item_id) if i.item_id == "never-seen"
                                   else store.items([i.item_id])[0] or ItemFeatures(i.item_id)
@@ -303,7 +303,7 @@ def test_scorer_survives_redis_outage_from_its_local_tier_and_returns_to_the_cac
         items = [f"i{j}" for j in range(40)]
         from models.features import ItemFeatures
 
-        vectors = learner.item_vectors([ItemFeatures(i) for i in items]).astype("float16")
+        vectors = learner.served.item_vectors([ItemFeatures(i) for i in items]).astype("float16")
         open_store(settings.redis).publish(
             1, export_bytes(learner), items, vectors, {"created_at_ms": 1, "dtype": "float16"}, ttl_s=600)
 

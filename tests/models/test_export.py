@@ -9,15 +9,13 @@ import torch
 from models.exceptions import ExportError
 from models.export import (
     export_bytes,
-    export_file,
     export_size,
-    load_student_bytes,
-    load_student_file,
     size_report,
 )
 from models.features import ItemFeatures, RequestSample, UserFeatures
 from models.ftrl import FTRLConfig
 from models.learner import StudentLearner
+from models.served import ServedStudent
 from models.synthetic import SyntheticRequests
 from models.two_tower import TwoTowerConfig
 
@@ -38,10 +36,10 @@ def _requests(stream, n=5):
 
 @pytest.mark.parametrize("prune", [True, False])
 def test_loaded_model_scores_exactly_like_the_live_model(trained, stream, prune):
-    served = load_student_bytes(export_bytes(trained, prune=prune))
+    served = ServedStudent.from_bytes(export_bytes(trained, prune=prune))
     for user, items in _requests(stream):
         np.testing.assert_array_equal(served.score(user, items), trained.score(user, items))
-        np.testing.assert_array_equal(served.item_vectors(items), trained.item_vectors(items))
+        np.testing.assert_array_equal(served.item_vectors(items), trained.served.item_vectors(items))
 
 
 def test_pruned_ids_read_a_zero_row_not_the_fallback_row(trained):
@@ -50,10 +48,10 @@ def test_pruned_ids_read_a_zero_row_not_the_fallback_row(trained):
     assert is_zero.any(), "the fixture must leave some zero rows"
     item_table.weight[0] = 1.0  # make the fallback row distinguishable from a zero row
     zero_id = [raw for raw, _ in item_table.id_map.items()][int(np.flatnonzero(is_zero)[0])]
-    served = load_student_bytes(export_bytes(trained))
+    served = ServedStudent.from_bytes(export_bytes(trained))
     assert torch.count_nonzero(served.tables["item"].weight[served.tables["item"].id_map.row(zero_id)]) == 0
     items = [ItemFeatures(zero_id), ItemFeatures("never-seen")]
-    np.testing.assert_array_equal(served.item_vectors(items), trained.item_vectors(items))
+    np.testing.assert_array_equal(served.item_vectors(items), trained.served.item_vectors(items))
 
 
 def test_size_report_counts_the_dropped_rows(trained):
@@ -93,16 +91,15 @@ def test_computed_export_size_equals_the_serialised_length(size, n_batches):
     for prune in (False, True):
         data = export_bytes(learner, prune=prune)
         assert export_size(learner, prune=prune) == len(data), prune
-        assert export_size(load_student_bytes(data), prune=prune) == len(export_bytes(load_student_bytes(data), prune=prune))
+        assert export_size(ServedStudent.from_bytes(data), prune=prune) == len(export_bytes(ServedStudent.from_bytes(data), prune=prune))
     report = size_report(learner)
     assert report["bytes_before"] == len(export_bytes(learner, prune=False))
     assert report["bytes_after"] == len(export_bytes(learner, prune=True))
 
 
 def test_file_variants(trained, tmp_path, stream):
-    size = export_file(trained, tmp_path / "model.safetensors")
-    assert size == (tmp_path / "model.safetensors").stat().st_size
-    served = load_student_file(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").write_bytes(export_bytes(trained))
+    served = ServedStudent.from_file(tmp_path / "model.safetensors")
     user, items = _requests(stream, 1)[0]
     np.testing.assert_array_equal(served.score(user, items), trained.score(user, items))
 
@@ -110,12 +107,12 @@ def test_file_variants(trained, tmp_path, stream):
 @pytest.mark.parametrize("data", [b"", b"\x00" * 16, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}xxxxxxx"])
 def test_malformed_bytes_raise_export_error(data):
     with pytest.raises(ExportError):
-        load_student_bytes(data)
+        ServedStudent.from_bytes(data)
 
 
 def test_checkpoint_is_not_an_export(trained):
     with pytest.raises(ExportError):
-        load_student_bytes(trained.to_bytes())
+        ServedStudent.from_bytes(trained.to_bytes())
 
 
 def test_exporting_something_else_raises():

@@ -17,6 +17,7 @@ from models.ftrl import FTRLConfig, FTRLProximal
 from models.learner import StudentLearner, flatten_pairs
 from models.losses import PairLabels, StudentObjective, masked_bce
 from models.optim import SparseDenseOptimizer
+from models.served import ServedStudent
 from models.sparse import SparseLookup
 from models.synthetic import SyntheticRequests
 from models.teacher import TeacherConfig, TeacherLearner
@@ -122,7 +123,7 @@ def test_student_learns_exactly_like_the_old_step(mode):
     assert ref.step == learner.step
     _assert_same_state(learner.student, learner.optimizer.dense, ref)
     user, items = generator.user(3), [generator.item(i) for i in range(20)]
-    np.testing.assert_array_equal(learner.score(user, items), ref.model.score(user, items))
+    np.testing.assert_array_equal(learner.score(user, items), ServedStudent(ref.model).score(user, items))
 
 
 @pytest.mark.parametrize("architecture", sorted(TEACHERS))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.exceptions import ExportError
-from models.export import export_bytes, load_student_bytes, load_student_file
+from models.export import export_bytes
 from models.learner import StudentLearner, flatten_pairs
 from models.served import ServedStudent
 from models.sparse import SparseLookup
@@ -50,19 +50,11 @@ def test_forward_back_propagates_to_the_dense_parameters_and_the_looked_up_rows(
     assert {"item", "user"} <= set(lookup.row_grads())
 
 
-def test_the_module_methods_delegate_to_the_served_model(learner, stream):
-    sample = stream.batch(1)[0]
-    served, student = ServedStudent(learner.student), learner.student
-    np.testing.assert_array_equal(student.user_vector(sample.user), served.user_vector(sample.user))
-    np.testing.assert_array_equal(student.item_vectors(sample.items), served.item_vectors(sample.items))
-    np.testing.assert_array_equal(student.score(sample.user, sample.items), served.score(sample.user, sample.items))
-    assert student.scalars() == served.scalars()
-    np.testing.assert_array_equal(learner.user_vector(sample.user), served.user_vector(sample.user))
-    vectors = learner.item_vectors(sample.items)
-    np.testing.assert_array_equal(
-        learner.logits_from_vectors(learner.user_vector(sample.user), vectors),
-        served.logits_from_vectors(served.user_vector(sample.user), vectors),
-    )
+def test_the_trainable_module_has_no_scoring_path_of_its_own(learner):
+    for name in ("user_vector", "item_vectors", "logits_from_vectors", "scalars", "score"):
+        assert not hasattr(learner.student, name), name
+    for name in ("user_vector", "item_vectors", "logits_from_vectors"):
+        assert not hasattr(learner, name), name  # the learner scores through ``served``
 
 
 def test_the_learners_served_model_follows_its_module(learner, small_config, stream):
@@ -70,17 +62,17 @@ def test_the_learners_served_model_follows_its_module(learner, small_config, str
     learner.student = TwoTowerStudent(small_config)  # e.g. a warm start swapping the module
     assert learner.served.student is learner.student
     sample = stream.batch(1)[0]
-    np.testing.assert_array_equal(learner.score(sample.user, sample.items), learner.student.score(sample.user, sample.items))
+    np.testing.assert_array_equal(learner.score(sample.user, sample.items),
+                                  ServedStudent(learner.student).score(sample.user, sample.items))
 
 
 def test_export_loaders_return_the_served_model(learner, stream, tmp_path):
     data = export_bytes(learner)
-    served = load_student_bytes(data)
+    served = ServedStudent.from_bytes(data)
     assert isinstance(served, ServedStudent) and not isinstance(served, torch.nn.Module)
     assert served.config == learner.config and set(served.tables) == set(learner.student.tables)
     assert not served.student.training
     (tmp_path / "m").write_bytes(data)
-    assert isinstance(load_student_file(tmp_path / "m"), ServedStudent)
     assert isinstance(ServedStudent.from_file(tmp_path / "m"), ServedStudent)
     again = ServedStudent.from_bytes(export_bytes(served))  # a served model re-exports to the same model
     sample = stream.batch(1)[0]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from models.features import ItemFeatures, UserFeatures
+from models.served import ServedStudent
 from models.sparse import SparseLookup
 from models.two_tower import TwoTowerConfig, TwoTowerStudent
 
@@ -85,21 +86,21 @@ def test_embedding_row_gradients_match_finite_differences(float64):
 
 def test_vectors_are_unit_and_logits_match_temperature_cosine():
     student = _student_with_random_rows(seed=3)
-    user = student.user_vector(USERS[0])
-    items = student.item_vectors(ITEMS)
+    user = ServedStudent(student).user_vector(USERS[0])
+    items = ServedStudent(student).item_vectors(ITEMS)
     assert user.shape == (6,) and items.shape == (3, 6)
     assert user.dtype == np.float32 and items.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(items, axis=1), 1.0, rtol=1e-5)
-    temperature, bias = student.scalars()
+    temperature, bias = ServedStudent(student).scalars()
     cosine = items @ user / (np.linalg.norm(items, axis=1) * np.linalg.norm(user))
-    np.testing.assert_allclose(student.score(USERS[0], ITEMS), temperature * cosine + bias, rtol=1e-5, atol=1e-5)
-    assert student.item_vectors([]).shape == (0, 6)
+    np.testing.assert_allclose(ServedStudent(student).score(USERS[0], ITEMS), temperature * cosine + bias, rtol=1e-5, atol=1e-5)
+    assert ServedStudent(student).item_vectors([]).shape == (0, 6)
 
 
 def test_scoring_does_not_admit_or_touch_ids():
     student = _student_with_random_rows(seed=4)
     before = {name: table.id_map.items() for name, table in student.tables.items()}
-    student.score(UserFeatures("stranger", history_items=("never-seen",)), [ItemFeatures("new", "a9", ("t9",))])
+    ServedStudent(student).score(UserFeatures("stranger", history_items=("never-seen",)), [ItemFeatures("new", "a9", ("t9",))])
     assert {name: table.id_map.items() for name, table in student.tables.items()} == before
 
 
@@ -139,5 +140,5 @@ def test_numpy_user_vector_equals_the_torch_tower():
     ]
     with torch.no_grad():
         expected = student.encode_users(users, SparseLookup(student.tables, 0, learn=False)).numpy()
-    got = np.stack([student.user_vector(user) for user in users])
+    got = np.stack([ServedStudent(student).user_vector(user) for user in users])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

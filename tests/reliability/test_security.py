@@ -225,13 +225,13 @@ class _Exploit:
 
 def test_a_pickle_posing_as_model_weights_is_rejected_without_running(tmp_path):
     from models.exceptions import ExportError
-    from models.export import load_student_bytes
     from models.learner import StudentLearner
+    from models.served import ServedStudent
 
     marker = tmp_path / "pwned"
     payload = pickle.dumps(_Exploit(marker))
     with pytest.raises(ExportError):
-        load_student_bytes(payload)
+        ServedStudent.from_bytes(payload)
     (tmp_path / "student.safetensors").write_bytes(payload)
     with pytest.raises(ExportError):
         StudentLearner.load(tmp_path / "student.safetensors")
