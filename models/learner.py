@@ -47,7 +47,7 @@ from models.checkpoint import (
 )
 from models.exceptions import ExportError
 from models.features import ItemFeatures, RequestSample, UserFeatures
-from models.ftrl import FTRLConfig, FTRLProximal
+from models.ftrl import FTRLConfig
 from models.losses import PairLabels, StudentObjective, combine
 from models.optim import SparseDenseOptimizer
 from models.served import ServedStudent
@@ -118,20 +118,6 @@ class StudentLearner:
         self.clock_ms = 0
         self._evicted_item_ids: list[str] = []
         self.last_pair_logits = np.zeros(0, dtype=np.float32)
-
-    @property
-    def ftrl(self) -> FTRLProximal:
-        """The FTRL of the embedding rows (``ftrl.config`` holds its hyperparameters)."""
-        return self.optimizer.ftrl
-
-    @property
-    def dense_lr(self) -> float:
-        return self.optimizer.dense_lr
-
-    @property
-    def dense_optimizer(self) -> torch.optim.Adagrad:
-        """The AdaGrad of the dense parameters (``optimizer.dense``)."""
-        return self.optimizer.dense
 
     # ------------------------------------------------------------------ learning
     def learn_many(self, samples: Sequence[RequestSample]) -> dict[str, float]:

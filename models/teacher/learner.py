@@ -37,7 +37,7 @@ from models.checkpoint import (
 )
 from models.exceptions import ConfigError
 from models.features import OBJECTIVES, ItemFeatures, RequestSample, UserFeatures
-from models.ftrl import FTRLConfig, FTRLProximal
+from models.ftrl import FTRLConfig
 from models.learner import _read_metadata, flatten_pairs
 from models.losses import DEFAULT_TEACHER_WEIGHTS, combine, masked_bce
 from models.optim import SparseDenseOptimizer
@@ -78,20 +78,6 @@ class TeacherLearner:
         self.item_statistics = ItemStatistics()
         self.step = 0
         self.clock_ms = 0
-
-    @property
-    def ftrl(self) -> FTRLProximal:
-        """The FTRL of the embedding rows (``ftrl.config`` holds its hyperparameters)."""
-        return self.optimizer.ftrl
-
-    @property
-    def dense_lr(self) -> float:
-        return self.optimizer.dense_lr
-
-    @property
-    def dense_optimizer(self) -> torch.optim.Adagrad:
-        """The AdaGrad of the network's parameters (``optimizer.dense``)."""
-        return self.optimizer.dense
 
     # ------------------------------------------------------------------ learning
     def learn_many(self, samples: Sequence[RequestSample]) -> dict[str, float]:

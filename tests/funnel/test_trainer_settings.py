@@ -9,5 +9,5 @@ from funnel.training import new_learner
 def test_ftrl_l1_comes_from_the_settings():
     settings = Settings(model={"ftrl_l1": 0.1, "mode": "distill", "output_dim": 16, "hidden_dim": 16})
     learner = new_learner(settings)
-    assert learner.ftrl.config.l1 == 0.1 and learner.objective.mode == "distill"
-    assert new_learner(Settings()).ftrl.config.l1 == Settings().model.ftrl_l1
+    assert learner.optimizer.ftrl.config.l1 == 0.1 and learner.objective.mode == "distill"
+    assert new_learner(Settings()).optimizer.ftrl.config.l1 == Settings().model.ftrl_l1
