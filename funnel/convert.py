@@ -1,4 +1,8 @@
-"""Pure conversions between wire records (``streams``) and model inputs (``models.features``)."""
+"""Pure conversions between wire records (``streams``) and model inputs (``models.features``).
+
+Wire records are strict about types (``streams.types``: a numpy integer is not an int there), so
+the model side's scalars are cast to plain Python ints here, where the two meet.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +15,20 @@ from streams.item_catalog import CatalogItem
 from streams.training_samples import SampleItem, TrainingSample, UserSnapshot
 
 
+def _ints(values) -> list[int]:
+    return [int(value) for value in values]
+
+
 def item_from_catalog(item: CatalogItem) -> ItemFeatures:
     return ItemFeatures(item.item_id, item.author_id, tuple(item.tags), item.duration_ms)
 
 
 def snapshot_from_user(user: UserFeatures) -> UserSnapshot:
     return UserSnapshot(
-        user_id=user.user_id, profile=dict(user.profile), tab=user.tab, hour=user.hour,
-        weekday=user.weekday, history_items=list(user.history_items),
+        user_id=user.user_id, profile=dict(user.profile), tab=int(user.tab), hour=int(user.hour),
+        weekday=int(user.weekday), history_items=list(user.history_items),
         history_authors=list(user.history_authors), history_tags=list(user.history_tags),
-        session_items=list(user.session_items), session_length=user.session_length,
+        session_items=list(user.session_items), session_length=int(user.session_length),
     )
 
 
@@ -58,12 +66,12 @@ def record_from_sample(sample: RequestSample, snapshot: UserSnapshot | None = No
     """The wire record of ``sample``; ``snapshot``, when the caller holds the user's snapshot
     already (the joiner does), is carried as it is instead of being rebuilt from ``sample.user``."""
     return TrainingSample(
-        request_id=sample.request_id, user_id=sample.user.user_id, ts_ms=sample.ts_ms,
+        request_id=sample.request_id, user_id=sample.user.user_id, ts_ms=int(sample.ts_ms),
         user=snapshot if snapshot is not None else snapshot_from_user(sample.user),
         items=[SampleItem(item_id=i.item_id, author_id=i.author_id, tags=list(i.tags),
-                          duration_ms=i.duration_ms) for i in sample.items],
-        cascade=list(sample.cascade), click=list(sample.click), long_view=list(sample.long_view),
-        like=list(sample.like),
+                          duration_ms=int(i.duration_ms)) for i in sample.items],
+        cascade=_ints(sample.cascade), click=_ints(sample.click), long_view=_ints(sample.long_view),
+        like=_ints(sample.like),
         teacher_logits={objective: _nan_to_none(values) for objective, values in sample.teacher_logits.items()},
     )
 

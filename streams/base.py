@@ -2,7 +2,9 @@
 
 Wire format: a JSON (default) or msgpack object with a ``"v"`` schema version field next to the
 record's own fields. Decoding validates types and ranges and raises one typed error,
-:class:`streams.exceptions.RecordError`, for anything wrong with the bytes.
+:class:`streams.exceptions.RecordError`, for anything wrong with the bytes. Types are strict
+(``streams.types``): no string, float or bool for an int, no number for a string, and the schema
+version is exactly the int (``true`` or ``1.0`` is not version 1).
 
 >>> from streams.impressions import Impression, CODEC
 >>> raw = CODEC.encode(Impression(request_id="r1", user_id="7", item_id="9", ts_ms=1, position=0))
@@ -45,6 +47,12 @@ def _describe(error: ValidationError) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
+def _short(value, limit: int = 40) -> str:
+    """``repr`` of a bad value, cut: a reason never carries a whole hostile payload."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _reject_constant(token: str) -> float:
     raise ValueError(f"{token} is not allowed")
 
@@ -82,8 +90,8 @@ class Codec(Generic[R]):
         if not isinstance(payload, dict):
             raise RecordError(f"expected an object, got {type(payload).__name__}", **where)
         version = payload.pop("v", None)
-        if version != self.version:
-            raise RecordError(f"schema version {version!r}, expected {self.version}", **where)
+        if type(version) is not int or version != self.version:  # exactly the int: not True, 1.0 or "1"
+            raise RecordError(f"schema version {_short(version)}, expected {self.version}", **where)
         try:
             return self.record_type.model_validate(payload)
         except ValidationError as exc:

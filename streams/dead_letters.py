@@ -11,16 +11,17 @@ from pydantic import Field
 
 from streams.base import Codec, Record, TopicSpec
 from streams.exceptions import RecordError
+from streams.types import Int, Str
 
 
 class DeadLetter(Record):
-    source_topic: str
-    partition: int
-    offset: int
-    reason: str = Field(max_length=2000)
-    agent: str = ""
-    key_b64: str | None = None
-    value_b64: str | None = None
+    source_topic: Str
+    partition: Int
+    offset: Int
+    reason: Str = Field(max_length=2000)
+    agent: Str = ""
+    key_b64: Str | None = None
+    value_b64: Str | None = None
 
     @classmethod
     def from_error(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from streams.base import Codec, Record, TopicSpec
-from streams.types import Flag, Id, TimestampMs
+from streams.types import Count, Flag, Id, TimestampMs
 
 
 class Impression(Record):
@@ -13,13 +13,13 @@ class Impression(Record):
     user_id: Id
     item_id: Id
     ts_ms: TimestampMs
-    position: int = Field(default=0, ge=0)
-    tab: int = Field(default=0, ge=0, le=1000)
+    position: Count = 0
+    tab: Count = Field(default=0, le=1000)
     click: Flag = 0
     long_view: Flag = 0
     like: Flag = 0
-    play_ms: int = Field(default=0, ge=0)
-    duration_ms: int = Field(default=0, ge=0)
+    play_ms: Count = 0
+    duration_ms: Count = 0
 
 
 TOPIC = TopicSpec("impressions")

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pydantic import Field
 
 from streams.base import Codec, Record, TopicSpec
-from streams.types import Id, TimestampMs
+from streams.types import Count, Id, TimestampMs
 
 
 class CatalogItem(Record):
     item_id: Id
     author_id: Id
     tags: list[Id] = Field(default_factory=list, max_length=64)
-    duration_ms: int = Field(default=0, ge=0)
+    duration_ms: Count = 0
     upload_ts_ms: TimestampMs | None = None
 
 

@@ -6,13 +6,13 @@ from pydantic import Field
 
 from streams.base import Codec, Record, TopicSpec
 from streams.training_samples import UserSnapshot
-from streams.types import Id, TimestampMs
+from streams.types import Count, Float, Id, Str, TimestampMs
 
 
 class RankedItem(Record):
     item_id: Id
-    logits: dict[str, float] = Field(min_length=1, max_length=16)
-    rank: int = Field(ge=0)
+    logits: dict[Str, Float] = Field(min_length=1, max_length=16)
+    rank: Count
 
 
 class RankScores(Record):

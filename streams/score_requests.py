@@ -5,15 +5,15 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from streams.base import Codec, Record, TopicSpec
-from streams.types import Id, TimestampMs
+from streams.types import Count, Id, TimestampMs
 
 MAX_CANDIDATES = 5000
 
 
 class RequestContext(Record):
-    tab: int = Field(default=0, ge=0, le=1000)
-    hour: int = Field(default=0, ge=0, le=23)
-    weekday: int = Field(default=0, ge=0, le=6)
+    tab: Count = Field(default=0, le=1000)
+    hour: Count = Field(default=0, le=23)
+    weekday: Count = Field(default=0, le=6)
 
 
 class ScoreRequest(Record):
@@ -22,7 +22,7 @@ class ScoreRequest(Record):
     ts_ms: TimestampMs
     context: RequestContext = RequestContext()
     candidates: list[Id] = Field(min_length=1, max_length=MAX_CANDIDATES)
-    k: int = Field(default=100, ge=1)
+    k: Count = Field(default=100, ge=1)
     score_items: list[Id] = Field(default_factory=list, max_length=1000)  # also report these candidates' scores
 
     @model_validator(mode="after")

@@ -10,26 +10,26 @@ from pydantic import Field
 
 from streams.base import Codec, Record, TopicSpec
 from streams.training_samples import UserSnapshot
-from streams.types import Id
+from streams.types import Count, Float, Id, Int, Str
 
 
 class ScoredItem(Record):
     item_id: Id
-    score: float
+    score: Float
 
 
 class ScoreResponse(Record):
-    request_id: str = Field(max_length=256)
-    user_id: str = Field(max_length=256)
+    request_id: Str = Field(max_length=256)
+    user_id: Str = Field(max_length=256)
     items: list[ScoredItem] = Field(default_factory=list)
-    model_version: int = -1
-    latency_ms: float = Field(default=0.0, ge=0)
-    cache_tiers: dict[str, int] = Field(default_factory=dict)
-    unknown_items: int = Field(default=0, ge=0)
-    degraded: list[str] = Field(default_factory=list)
-    error: str | None = None
-    ts_ms: int = Field(default=0, ge=0)
-    item_scores: dict[str, float] = Field(default_factory=dict)  # for the request's score_items
+    model_version: Int = -1
+    latency_ms: Float = Field(default=0.0, ge=0)
+    cache_tiers: dict[Str, Count] = Field(default_factory=dict)
+    unknown_items: Count = 0
+    degraded: list[Str] = Field(default_factory=list)
+    error: Str | None = None
+    ts_ms: Count = 0
+    item_scores: dict[Str, Float] = Field(default_factory=dict)  # for the request's score_items
     audit_candidates: list[Id] = Field(default_factory=list, max_length=5000)  # all candidates, 1 in N
     negatives: list[Id] = Field(default_factory=list, max_length=1000)  # sampled non-top-k candidates
     user: UserSnapshot | None = None  # the features the scorer used (feature logging, no leakage)

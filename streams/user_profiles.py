@@ -5,12 +5,12 @@ from __future__ import annotations
 from pydantic import Field
 
 from streams.base import Codec, Record, TopicSpec
-from streams.types import Id
+from streams.types import Id, Str
 
 
 class UserProfile(Record):
     user_id: Id
-    fields: dict[str, str] = Field(default_factory=dict, max_length=128)
+    fields: dict[Str, Str] = Field(default_factory=dict, max_length=128)
 
 
 TOPIC = TopicSpec("user-profiles", compacted=True)
