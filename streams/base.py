@@ -103,6 +103,29 @@ class Codec(Generic[R]):
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
 
 
+def check_key(record_key: bytes | str | None, expected: str, *, field: str = "user_id") -> str | None:
+    """Why a record's Kafka key does not fit the id it is keyed by (``user_id`` on every user-keyed
+    topic), or None when it does: the key must be exactly the UTF-8 of ``expected``.
+
+    A short, fixed reason (no id echoed), to use as a dead letter's reason. A missing key is a
+    reason too: an unkeyed record lands on any partition, away from the user's tables.
+
+    >>> check_key(b"u1", "u1") is None
+    True
+    >>> check_key(b"u2", "u1"), check_key(None, "u1")
+    ('key does not match user_id', 'no key (expected user_id)')
+    """
+    if record_key is None:
+        return f"no key (expected {field})"
+    if isinstance(record_key, str):
+        return None if record_key == expected else f"key does not match {field}"
+    try:
+        key = bytes(record_key).decode("utf-8")
+    except UnicodeDecodeError:
+        return "key is not UTF-8"
+    return None if key == expected else f"key does not match {field}"
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """A topic's declaration: its logical name, partitions and configs."""

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from streams.base import Codec, Record, TopicSpec
-from streams.training_samples import UserSnapshot
+from streams.training_samples import UserSnapshot, same_user
 from streams.types import Count, Float, Id, Str, TimestampMs
 
 
@@ -22,6 +22,8 @@ class RankScores(Record):
     candidates: list[Id] = Field(default_factory=list, max_length=5000)
     items: list[RankedItem] = Field(min_length=1, max_length=5000)
     user: UserSnapshot | None = None  # forwarded from the scorer's response
+
+    _same_user = field_validator("user")(same_user)
 
 
 TOPIC = TopicSpec("rank-scores")

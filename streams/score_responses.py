@@ -6,10 +6,10 @@ joiner train on exactly what was served, never on behaviour that happened later.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from streams.base import Codec, Record, TopicSpec
-from streams.training_samples import UserSnapshot
+from streams.training_samples import UserSnapshot, same_user
 from streams.types import Count, Float, Id, Int, Str
 
 
@@ -33,6 +33,8 @@ class ScoreResponse(Record):
     audit_candidates: list[Id] = Field(default_factory=list, max_length=5000)  # all candidates, 1 in N
     negatives: list[Id] = Field(default_factory=list, max_length=1000)  # sampled non-top-k candidates
     user: UserSnapshot | None = None  # the features the scorer used (feature logging, no leakage)
+
+    _same_user = field_validator("user")(same_user)
 
 
 TOPIC = TopicSpec("score-responses", retention_ms=3600 * 1000)

@@ -7,7 +7,7 @@ fine ranker did not score an item) and feedback (-1 where the item was not expos
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from streams.base import Codec, Record, TopicSpec
 from streams.types import Count, Float, Id, Int, Label, Str, TimestampMs
@@ -24,6 +24,15 @@ class UserSnapshot(Record):
     history_tags: list[Str] = Field(default_factory=list, max_length=1000)
     session_items: list[Str] = Field(default_factory=list, max_length=1000)
     session_length: Count = 0
+
+
+def same_user(snapshot: UserSnapshot | None, info: ValidationInfo) -> UserSnapshot | None:
+    """A record's user snapshot must be of the record's user (a field validator of ``user``,
+    declared after ``user_id``): otherwise a sample would be keyed by one user and carry another's
+    features. ``user_id`` failed on its own when absent from ``info.data``."""
+    if snapshot is not None and "user_id" in info.data and snapshot.user_id != info.data["user_id"]:
+        raise ValueError("user.user_id differs from user_id")
+    return snapshot
 
 
 class SampleItem(Record):
@@ -44,6 +53,8 @@ class TrainingSample(Record):
     long_view: list[Label]
     like: list[Label]
     teacher_logits: dict[Str, list[Float | None]] = Field(default_factory=dict)
+
+    _same_user = field_validator("user")(same_user)
 
     @model_validator(mode="after")
     def _aligned(self) -> TrainingSample:
