@@ -8,6 +8,16 @@ functions, so a security setting added here reaches all of them.
 {'bootstrap_servers': ['127.0.0.1:1', '127.0.0.1:2'], 'security_protocol': 'PLAINTEXT'}
 >>> faust_brokers(KafkaSettings(bootstrap_servers="127.0.0.1:1,127.0.0.1:2"))
 ['kafka://127.0.0.1:1', 'kafka://127.0.0.1:2']
+
+Over TLS (``tests/reliability/test_kafka_tls.py`` runs every client against a broker's SSL
+listener): kafka-python gets the CA file, aiokafka and Faust one verifying context.
+
+>>> tls = KafkaSettings(bootstrap_servers="127.0.0.1:1", security_protocol="SSL", ssl_cafile="/ca.crt")
+>>> kafka_python_options(tls)
+{'bootstrap_servers': ['127.0.0.1:1'], 'security_protocol': 'SSL', 'ssl_cafile': '/ca.crt'}
+>>> context = ssl_context(KafkaSettings(security_protocol="SSL"))  # no CA file: the system's CAs
+>>> context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname and faust_credentials(KafkaSettings(security_protocol="SSL")) is not None
+True
 """
 
 from __future__ import annotations

@@ -79,6 +79,16 @@ class StackSettings(BaseModel):
     kafka_port: int = 19092
     kafka_controller_port: int = 19093
     kafka_heap: str = "512m"
+    # An extra client listener speaking TLS (off while no port is set), next to the plaintext one
+    # the broker uses itself: a PKCS12 keystore holding the broker's key and certificate chain,
+    # one password for the stores and the key. Clients connect with `kafka.security_protocol=SSL`
+    # and `kafka.ssl_cafile`. With a truststore (PKCS12, the CAs of client certificates),
+    # `kafka_ssl_client_auth` may ask for ("requested") or demand ("required") client certificates.
+    kafka_ssl_port: int | None = None
+    kafka_ssl_keystore: Path | None = None
+    kafka_ssl_password: SecretStr | None = None
+    kafka_ssl_truststore: Path | None = None
+    kafka_ssl_client_auth: Literal["none", "requested", "required"] = "none"
     redis_port: int = 16379
     prometheus_port: int = 19090
     with_prometheus: bool = False

@@ -5,6 +5,12 @@ prerequisite (programs, Kafka jars, free ports) before it starts anything, and i
 to start it stops what this call started. ``down`` stops exactly the processes ``up`` started (pid
 files under the stack home, checked against the process's working directory before any signal);
 ``status`` reports each service.
+
+Kafka over TLS: with ``stack.kafka_ssl_port`` (``PRERANK_STACK__KAFKA_SSL_PORT``) and a PKCS12
+keystore (``__KAFKA_SSL_KEYSTORE``, ``__KAFKA_SSL_PASSWORD``) the broker also listens with an
+``SSL`` listener; clients then use ``PRERANK_KAFKA__BOOTSTRAP_SERVERS`` on that port,
+``__SECURITY_PROTOCOL=SSL`` and ``__SSL_CAFILE``. ``tests/reliability/test_kafka_tls.py`` runs
+every client over it.
 """
 
 from __future__ import annotations
@@ -214,16 +220,28 @@ class Kafka(Service):
                                     + (result.stdout + result.stderr)[-2000:])
 
     def properties(self) -> str:
+        """``server.properties``; with ``stack.kafka_ssl_port`` set, an ``SSL`` client listener too.
+
+        >>> from core.settings import StackSettings
+        >>> plain = Kafka("kafka", Settings(_env_file=None)).properties().splitlines()
+        >>> [line for line in plain if line.startswith(("listeners", "advertised", "listener.", "ssl."))]
+        ['listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093', 'advertised.listeners=PLAINTEXT://127.0.0.1:19092', 'listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT']
+        >>> tls = StackSettings(kafka_ssl_port=19094, kafka_ssl_keystore="/k.p12", kafka_ssl_password="pw")
+        >>> lines = Kafka("kafka", Settings(_env_file=None, stack=tls)).properties().splitlines()
+        >>> [line for line in lines if line.startswith(("listeners", "advertised", "listener.", "ssl.k", "ssl.c"))]
+        ['listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093,SSL://127.0.0.1:19094', 'advertised.listeners=PLAINTEXT://127.0.0.1:19092,SSL://127.0.0.1:19094', 'listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL', 'ssl.keystore.type=PKCS12', 'ssl.keystore.location=/k.p12', 'ssl.keystore.password=pw', 'ssl.key.password=pw', 'ssl.client.auth=none']
+        """
         stack = self.settings.stack
+        listeners = f"PLAINTEXT://{stack.host}:{stack.kafka_port}"
+        tls = f",SSL://{stack.host}:{stack.kafka_ssl_port}" if stack.kafka_ssl_port is not None else ""
         return "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@{stack.host}:{stack.kafka_controller_port}",
-            f"listeners=PLAINTEXT://{stack.host}:{stack.kafka_port},"
-            f"CONTROLLER://{stack.host}:{stack.kafka_controller_port}",
-            f"advertised.listeners=PLAINTEXT://{stack.host}:{stack.kafka_port}",
+            f"listeners={listeners},CONTROLLER://{stack.host}:{stack.kafka_controller_port}{tls}",
+            f"advertised.listeners={listeners}{tls}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" + (",SSL:SSL" if tls else ""),
             f"log.dirs={self.home / 'data'}",
             "num.partitions=1",
             "offsets.topic.replication.factor=1",
@@ -233,8 +251,51 @@ class Kafka(Service):
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=true",
             "message.max.bytes=8388608",
+            *self.tls_properties(),
             "",
         ])
+
+    def tls_properties(self) -> list[str]:
+        """The SSL listener's key material (the broker itself still talks plaintext to itself)."""
+        stack = self.settings.stack
+        if stack.kafka_ssl_port is None:
+            return []
+        password = stack.kafka_ssl_password.get_secret_value() if stack.kafka_ssl_password else ""
+        lines = [
+            "ssl.keystore.type=PKCS12",
+            f"ssl.keystore.location={stack.kafka_ssl_keystore.resolve() if stack.kafka_ssl_keystore else ''}",
+            f"ssl.keystore.password={password}",
+            f"ssl.key.password={password}",
+        ]
+        if stack.kafka_ssl_truststore is not None:
+            lines += ["ssl.truststore.type=PKCS12", f"ssl.truststore.location={stack.kafka_ssl_truststore.resolve()}",
+                      f"ssl.truststore.password={password}"]
+        return lines + [f"ssl.client.auth={stack.kafka_ssl_client_auth}"]
+
+    def preflight(self) -> None:
+        super().preflight()
+        stack = self.settings.stack
+        if stack.kafka_ssl_port is None:
+            return
+        if stack.kafka_ssl_keystore is None or not stack.kafka_ssl_keystore.is_file():
+            raise ServiceStartError(f"kafka: stack.kafka_ssl_port is set but stack.kafka_ssl_keystore "
+                                    f"({stack.kafka_ssl_keystore}) is not a file")
+        if stack.kafka_ssl_truststore is not None and not stack.kafka_ssl_truststore.is_file():
+            raise ServiceStartError(f"kafka: stack.kafka_ssl_truststore ({stack.kafka_ssl_truststore}) is not a file")
+        if stack.kafka_ssl_password is None:
+            raise ServiceStartError("kafka: stack.kafka_ssl_port is set but stack.kafka_ssl_password is not")
+        if stack.kafka_ssl_client_auth != "none" and stack.kafka_ssl_truststore is None:
+            raise ServiceStartError("kafka: client certificates need stack.kafka_ssl_truststore (their CAs)")
+        running = self.home / "server.properties"
+        if self.pid() is not None and f"SSL://{stack.host}:{stack.kafka_ssl_port}" not in (
+                running.read_text() if running.exists() else ""):
+            raise ServiceStartError("kafka: the running broker has no SSL listener on "
+                                    f"{stack.host}:{stack.kafka_ssl_port}; `prerank stack down`, then up again")
+        if self.pid() is None and port_open(stack.host, stack.kafka_ssl_port):
+            raise ServiceStartError(
+                f"kafka: SSL port {stack.host}:{stack.kafka_ssl_port} is taken by a process this stack did not "
+                "start; stop it or configure another port"
+            )
 
     def java_command(self, main_class: str, *args: str) -> list[str]:
         java = require_tool("java")
@@ -247,6 +308,8 @@ class Kafka(Service):
 
     def prepare(self) -> None:
         config = self.home / "server.properties"
+        config.touch(mode=0o600)
+        config.chmod(0o600)  # it may hold the keystore's password
         config.write_text(self.properties())
         if (self.home / "data" / "meta.properties").exists():
             return
@@ -260,7 +323,11 @@ class Kafka(Service):
         return self.java_command("kafka.Kafka", str(self.home / "server.properties"))
 
     def ready(self) -> bool:
-        if not port_open(self.settings.stack.host, self.port):
+        """The broker answers the clients' settings (``settings.kafka``), and the SSL port listens."""
+        stack = self.settings.stack
+        if not port_open(stack.host, self.port):
+            return False
+        if stack.kafka_ssl_port is not None and not port_open(stack.host, stack.kafka_ssl_port):
             return False
         from kafka.admin import KafkaAdminClient
         from kafka.errors import KafkaError
@@ -366,4 +433,6 @@ def status(settings: Settings) -> dict[str, dict]:
             "address": f"{settings.stack.host}:{service.port}",
             "ready": pid is not None and service.ready(),
         }
+        if isinstance(service, Kafka) and settings.stack.kafka_ssl_port is not None:
+            report[service.name]["ssl_address"] = f"{settings.stack.host}:{settings.stack.kafka_ssl_port}"
     return report
