@@ -72,8 +72,8 @@ def measure(candidates: int, k: int, requests: int, naive_requests: int, seed: i
         user_vector = learner.served.user_vector(user)
         return top_k(learner.served.logits_from_vectors(user_vector, learner.served.item_vectors(items)), k)
 
-    scorer = Scorer(ModelStore(_NoVersionChange(), "bench"), lambda _: learner, lru_items=len(catalog))
-    scorer.model, scorer.version = learner, 1
+    scorer = Scorer(ModelStore(_NoVersionChange(), "bench"), lambda _: learner.served, lru_items=len(catalog))
+    scorer.model, scorer.version = learner.served, 1
     scorer.lru.put_many([item.item_id for item in catalog], cache)
     score_requests = [
         ScoreRequest(request_id=f"r{index}", user_id=user.user_id, ts_ms=0, k=k,
