@@ -66,7 +66,7 @@ def run_bench(checkout: Path, spec: str, out: Path) -> dict:
     module, _, args = spec.partition(":")
     command = [sys.executable, "-m", f"bench.{module}", *args.split(), "--json", str(out)]
     # cwd first on sys.path: the checkout's own packages are imported, not the installed ones.
-    done = subprocess.run(command, cwd=checkout, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=checkout, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{spec} in {checkout} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return json.loads(out.read_text())
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"round {round_index + 1} {spec} {side} done", file=sys.stderr)
     finally:
         for checkout in checkouts.values():
-            subprocess.run(["git", "worktree", "remove", "--force", str(checkout)], cwd=REPO, capture_output=True)
+            subprocess.run(["git", "worktree", "remove", "--force", str(checkout)], cwd=REPO, capture_output=True,
+                           check=False)
         shutil.rmtree(work, ignore_errors=True)
     report = {
         "base": revisions["base"], "head": revisions["head"], "rounds": args.rounds,
