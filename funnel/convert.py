@@ -2,6 +2,10 @@
 
 Wire records are strict about types (``streams.types``: a numpy integer is not an int there), so
 the model side's scalars are cast to plain Python ints here, where the two meet.
+
+A training record keeps to its bounds (``streams.budgets``): :func:`record_from_sample` keeps the
+sample's first items that fit (at most ``MAX_SAMPLE_ITEMS``, at most ``MAX_SAMPLE_BYTES`` encoded)
+and says how many it dropped in ``truncated_items``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,17 @@ from types import MappingProxyType
 
 from models.features import ItemFeatures, RequestSample, UserFeatures
 from streams.item_catalog import CatalogItem
-from streams.training_samples import SampleItem, TrainingSample, UserSnapshot
+from streams.base import JSON_MAX_BYTES_PER_CHAR, json_size
+from streams.training_samples import (
+    MAX_SAMPLE_BYTES,
+    MAX_SAMPLE_ITEMS,
+    SNAPSHOT_MAX_BYTES,
+    SampleItem,
+    TrainingSample,
+    UserSnapshot,
+    item_bytes_bound,
+    sample_fixed_bytes,
+)
 
 
 def _ints(values) -> list[int]:
@@ -62,17 +76,47 @@ def sample_from_record(record: TrainingSample) -> RequestSample:
     )
 
 
+def items_within_budget(sample: RequestSample, snapshot: UserSnapshot) -> int:
+    """How many of the sample's first items a training record can carry: at most
+    ``MAX_SAMPLE_ITEMS``, and no more than fit ``MAX_SAMPLE_BYTES`` with ``snapshot``.
+
+    First a bound with every character at the JSON worst case (one pass over string lengths); only
+    when that does not fit, each item's strings measured.
+    """
+    items = sample.items[:MAX_SAMPLE_ITEMS]
+    objectives = list(sample.teacher_logits)
+    per_item = item_bytes_bound(0, len(objectives))
+    chars = sum(len(i.item_id) + len(i.author_id) + sum(map(len, i.tags)) for i in items)
+    strings = sum(2 + len(i.tags) for i in items)  # each with its quotes and a comma
+    worst = (sample_fixed_bytes(SNAPSHOT_MAX_BYTES, objectives) + JSON_MAX_BYTES_PER_CHAR * chars
+             + 3 * strings + len(items) * per_item)
+    if worst <= MAX_SAMPLE_BYTES:
+        return len(items)
+    room = MAX_SAMPLE_BYTES - sample_fixed_bytes(json_size(snapshot.model_dump()), objectives)
+    for kept, item in enumerate(items):
+        room -= per_item + json_size([item.item_id, item.author_id, *item.tags])
+        if room < 0:
+            return max(kept, 1)  # one item always fits: the snapshot and an item are bounded far below
+    return len(items)
+
+
 def record_from_sample(sample: RequestSample, snapshot: UserSnapshot | None = None) -> TrainingSample:
     """The wire record of ``sample``; ``snapshot``, when the caller holds the user's snapshot
-    already (the joiner does), is carried as it is instead of being rebuilt from ``sample.user``."""
+    already (the joiner does), is carried as it is instead of being rebuilt from ``sample.user``.
+
+    A sample over the record's bounds is cut to its first items (the fine-ranked ones, in rank
+    order, come first: the cascade's positives are kept), ``truncated_items`` counting the rest.
+    """
+    user = snapshot if snapshot is not None else snapshot_from_user(sample.user)
+    n = items_within_budget(sample, user)
     return TrainingSample(
-        request_id=sample.request_id, user_id=sample.user.user_id, ts_ms=int(sample.ts_ms),
-        user=snapshot if snapshot is not None else snapshot_from_user(sample.user),
+        request_id=sample.request_id, user_id=sample.user.user_id, ts_ms=int(sample.ts_ms), user=user,
         items=[SampleItem(item_id=i.item_id, author_id=i.author_id, tags=list(i.tags),
-                          duration_ms=int(i.duration_ms)) for i in sample.items],
-        cascade=_ints(sample.cascade), click=_ints(sample.click), long_view=_ints(sample.long_view),
-        like=_ints(sample.like),
-        teacher_logits={objective: _nan_to_none(values) for objective, values in sample.teacher_logits.items()},
+                          duration_ms=int(i.duration_ms)) for i in sample.items[:n]],
+        cascade=_ints(sample.cascade[:n]), click=_ints(sample.click[:n]), long_view=_ints(sample.long_view[:n]),
+        like=_ints(sample.like[:n]),
+        teacher_logits={objective: _nan_to_none(values[:n]) for objective, values in sample.teacher_logits.items()},
+        truncated_items=len(sample.items) - n,
     )
 
 

@@ -7,6 +7,10 @@ model and empties the LRU together.
 
 If Redis is unreachable the scorer keeps answering with the model it has, computing vectors
 locally, and says so in the response (``degraded``).
+
+Every response fits the record budget (``streams.budgets``, 4 MiB, the user snapshot the agent
+attaches included): an audited request whose candidates do not fit is answered without them
+(``audit_dropped``); a response that would not fit even so is refused with an error saying so.
 """
 
 from __future__ import annotations
@@ -25,11 +29,34 @@ from funnel.catalog import ItemCatalog
 from funnel.metrics import top_k
 from models.features import ItemFeatures, UserFeatures
 from streams.score_requests import ScoreRequest
-from streams.score_responses import ScoreResponse
+from streams.score_responses import MAX_NEGATIVES, MAX_RESPONSE_BYTES, ScoreResponse, response_bytes_bound
 
 log = logging.getLogger(__name__)
 
 REDIS_DOWN = "redis unavailable: vectors computed locally"
+TOO_LARGE = f"response would exceed {MAX_RESPONSE_BYTES} bytes"
+
+
+def fit_response(
+    items: Sequence[str], scored: Sequence[str], negatives: Sequence[str], audit: list[str]
+) -> tuple[list[str], bool, str | None]:
+    """``(audit, audit_dropped, problem)`` for a response holding these ids: the audit list as it
+    is when everything fits the budget, empty and dropped when only it does not, or a problem when
+    the response would not fit without it either. Counts first (no pass over the ids: a response
+    of the default sizes always fits), then the ids' measured sizes.
+
+    >>> audit, dropped, problem = fit_response(["a"] * 100, [], [], ["a"] * 5000)
+    >>> len(audit), dropped, problem
+    (5000, False, None)
+    >>> fit_response(["a"] * 100, [], [], ["\\x00" * 128] * 5000)  # 5000 x 770 bytes
+    ([], True, None)
+    """
+    for measure in (False, True):
+        if response_bytes_bound(items, scored, negatives, audit, measure=measure) <= MAX_RESPONSE_BYTES:
+            return audit, False, None
+    if response_bytes_bound(items, scored, negatives, measure=True) <= MAX_RESPONSE_BYTES:
+        return [], bool(audit), None
+    return [], False, TOO_LARGE
 
 
 class VectorLRU:
@@ -215,15 +242,23 @@ class Scorer:
         user_vector = self.model.user_vector(user)
         logits = np.asarray(self.model.logits_from_vectors(user_vector, vectors), dtype=np.float32)
         best = top_k(logits, request.k)
+        top = best.tolist()
+        item_scores = self._item_scores(request, logits)
+        negatives = self._easy_negatives(request, best)
+        audit, audit_dropped, problem = fit_response(
+            [candidates[i] for i in top], list(item_scores), negatives,
+            list(candidates) if self._audited(request) else [],
+        )
+        if problem is not None:
+            log.warning("request %.64s refused: %s", request.request_id, problem)
+            return ScoreResponse(request_id=request.request_id, user_id=request.user_id, error=problem,
+                                 model_version=self.version)
         return ScoreResponse(
-            item_scores=self._item_scores(request, logits),
-            negatives=self._easy_negatives(request, best),
-            audit_candidates=list(candidates) if self._audited(request) else [],
+            item_scores=item_scores, negatives=negatives, audit_candidates=audit, audit_dropped=audit_dropped,
             request_id=request.request_id, user_id=request.user_id,
             # plain dicts, validated into ScoredItem by pydantic's core in one pass: about half
             # the time of constructing 100 models one by one
-            items=[{"item_id": candidates[i], "score": score}
-                   for i, score in zip(best.tolist(), logits[best].tolist())],
+            items=[{"item_id": candidates[i], "score": score} for i, score in zip(top, logits[best].tolist())],
             model_version=self.version, latency_ms=(time.perf_counter() - started) * 1000,
             cache_tiers=tiers, unknown_items=unknown, degraded=[] if self.redis_ok else [REDIS_DOWN],
         )
@@ -249,7 +284,7 @@ class Scorer:
         rest = np.flatnonzero(outside).tolist()
         # random.Random: seeding and sampling 20 of 900 take ~20 us against ~33 us with numpy's.
         rng = random.Random(zlib.crc32(request.request_id.encode()))
-        picks = rng.sample(rest, min(self.easy_negatives, len(rest)))
+        picks = rng.sample(rest, min(self.easy_negatives, MAX_NEGATIVES, len(rest)))
         return [request.candidates[i] for i in sorted(picks)]
 
     def _item_vectors(self, item_ids: Sequence[str]) -> tuple[np.ndarray, dict[str, int], int]:

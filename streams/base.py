@@ -25,10 +25,19 @@ from typing import Generic, Literal, TypeVar
 import msgpack
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from streams.exceptions import RecordError
+from streams.exceptions import RecordError, RecordTooLarge
 
 SCHEMA_VERSION = 1
 MAX_RECORD_BYTES = 4 * 1024 * 1024
+"""The largest value any decoder accepts, and so the budget of every record the system writes
+(what it writes it reads back): half the producer's limit, the rest a margin for the key, headers
+and batch overhead. Per-topic policies: ``streams.budgets``."""
+PRODUCER_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+"""The producers' ``max_request_size`` (Faust's ``producer_max_request_size`` in ``agents/app.py``,
+the replay's ``KafkaProducer``)."""
+JSON_MAX_BYTES_PER_CHAR = 6
+"""The most bytes one character of a string costs in the JSON the codec writes (UTF-8, not
+ASCII-escaped): a control character is escaped as ``\\u00XX``; anything else is at most 4."""
 
 
 class Record(BaseModel):
@@ -40,11 +49,42 @@ class Record(BaseModel):
 R = TypeVar("R", bound=Record)
 
 
+def json_bytes(payload) -> bytes:
+    """The codec's JSON: compact, UTF-8 (not ASCII-escaped: a non-ASCII id costs 2-4 bytes per
+    character rather than 6-12), no NaN."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def json_size(value) -> int:
+    """Bytes of ``value`` (JSON-able: strings, numbers, lists, dicts) in the codec's JSON.
+
+    >>> json_size(["a", "é"]), json_size("\\x00")
+    (10, 8)
+    """
+    return len(json_bytes(value))
+
+
+def json_keys_bytes(names) -> int:
+    """Bytes of an object's braces and, for each field, ``"name":`` and a comma."""
+    return sum(len(name) + 4 for name in names) + 2
+
+
+def max_json_str(chars: int) -> int:
+    """The most bytes a string of ``chars`` characters takes in the codec's JSON, quotes included."""
+    return JSON_MAX_BYTES_PER_CHAR * chars + 2
+
+
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "record"
+    where = ".".join(_short_part(part) for part in first["loc"]) or "record"
     more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
     return f"{where}: {first['msg']}{more}"
+
+
+def _short_part(part) -> str:
+    """A location part (a field name may be a hostile dict key), cut to 40 characters."""
+    text = str(part)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _short(value, limit: int = 40) -> str:
@@ -66,32 +106,40 @@ class Codec(Generic[R]):
     version: int = SCHEMA_VERSION
 
     def encode(self, record: R) -> bytes:
+        """The record's bytes; :class:`~streams.exceptions.RecordTooLarge` over
+        :data:`MAX_RECORD_BYTES` (no decoder would read it back; the producers' limit is twice that)."""
         # Records hold no NaN (validated with allow_inf_nan=False): a missing float is already None.
         payload = record.model_dump(mode="python")
         payload["v"] = self.version
         if self.format == "msgpack":
-            return msgpack.packb(payload, use_bin_type=True)
-        return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+            raw = msgpack.packb(payload, use_bin_type=True)
+        else:
+            raw = json_bytes(payload)
+        if len(raw) > MAX_RECORD_BYTES:
+            raise RecordTooLarge(type(record).__name__, len(raw), MAX_RECORD_BYTES)
+        return raw
 
     def decode(
         self, raw: bytes | None, *, topic: str = "?", partition: int = -1, offset: int = -1
     ) -> R:
         where = {"topic": topic, "partition": partition, "offset": offset}
         if raw is None:
-            raise RecordError("empty value (tombstone) where a record was expected", **where)
+            raise RecordError("empty value (tombstone) where a record was expected", kind="tombstone", **where)
         if len(raw) > MAX_RECORD_BYTES:
-            raise RecordError(f"record of {len(raw)} bytes exceeds {MAX_RECORD_BYTES}", **where)
+            raise RecordError(f"record of {len(raw)} bytes exceeds {MAX_RECORD_BYTES}", kind="too_large", **where)
         try:
             payload = self._parse(raw)
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-            raise RecordError(f"invalid {self.format.upper()}: {exc}", **where) from exc
+            raise RecordError(f"invalid {self.format.upper()}: {exc}", kind="invalid_encoding", **where) from exc
         except RecursionError:
-            raise RecordError(f"invalid {self.format.upper()}: nested too deeply", **where) from None
+            raise RecordError(f"invalid {self.format.upper()}: nested too deeply", kind="invalid_encoding",
+                              **where) from None
         if not isinstance(payload, dict):
-            raise RecordError(f"expected an object, got {type(payload).__name__}", **where)
+            raise RecordError(f"expected an object, got {type(payload).__name__}", kind="not_an_object", **where)
         version = payload.pop("v", None)
         if type(version) is not int or version != self.version:  # exactly the int: not True, 1.0 or "1"
-            raise RecordError(f"schema version {_short(version)}, expected {self.version}", **where)
+            raise RecordError(f"schema version {_short(version)}, expected {self.version}", kind="schema_version",
+                              **where)
         try:
             return self.record_type.model_validate(payload)
         except ValidationError as exc:

@@ -8,6 +8,7 @@ from streams.base import Codec, Record, TopicSpec
 from streams.types import Count, Id, TimestampMs
 
 MAX_CANDIDATES = 5000
+MAX_SCORE_ITEMS = 1000
 
 
 class RequestContext(Record):
@@ -23,7 +24,7 @@ class ScoreRequest(Record):
     context: RequestContext = RequestContext()
     candidates: list[Id] = Field(min_length=1, max_length=MAX_CANDIDATES)
     k: Count = Field(default=100, ge=1)
-    score_items: list[Id] = Field(default_factory=list, max_length=1000)  # also report these candidates' scores
+    score_items: list[Id] = Field(default_factory=list, max_length=MAX_SCORE_ITEMS)  # also report these candidates' scores
 
     @model_validator(mode="after")
     def _k_within_candidates(self) -> ScoreRequest:

@@ -46,8 +46,21 @@ Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
 """A strict string without a length bound (bounded types below are preferred on the wire)."""
 
-Id = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=128, strip_whitespace=False)]
+MAX_ID_CHARS = 128
+Id = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=MAX_ID_CHARS, strip_whitespace=False)]
 """A user, item, author, tag or request id: a non-empty string (keys are strings on every topic)."""
+
+Token = Annotated[str, Strict(), StringConstraints(max_length=MAX_ID_CHARS)]
+"""An id that may be empty (an item without an author), as long as an :data:`Id`."""
+
+MAX_NAME_CHARS = 32
+Name = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=MAX_NAME_CHARS)]
+"""A short name: an objective of the fine ranker, a cache tier."""
+
+MAX_PROFILE_KEY_CHARS, MAX_PROFILE_VALUE_CHARS = 64, 256
+ProfileKey = Annotated[str, Strict(), StringConstraints(max_length=MAX_PROFILE_KEY_CHARS)]
+ProfileValue = Annotated[str, Strict(), StringConstraints(max_length=MAX_PROFILE_VALUE_CHARS)]
+"""A user-profile field: a categorical value kept as a string."""
 
 TimestampMs = Annotated[int, Strict(), Field(ge=0, le=32503680000000)]
 """Epoch milliseconds, up to year 3000."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from types import MappingProxyType
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -139,3 +140,108 @@ def test_profile_fields_is_a_read_only_copy(profile):
     if profile is not None:
         profile["added-later"] = "x"
         assert "added-later" not in fields
+
+
+# --- the training sample's bounds (issue 13) -------------------------------------------------
+
+def _maximal_rank_scores(alphabet: str = "control", objectives: int = 16):
+    """A rank-scores record at every bound: 5000 ranked items, 5000 other candidates, 16 distinct
+    objective names of 32 characters, ids of 128 characters, a snapshot at every bound."""
+    from streams.rank_scores import RankScores
+    from tests.streams.maximal import ids, maximal_snapshot, text
+
+    user_id = ids(1, alphabet, tag=9)[0]
+    names = [text(j, 32, alphabet, 7) for j in range(objectives)]
+    ranked = ids(5000, alphabet, tag=1)
+    return RankScores(
+        request_id=ids(1, alphabet, tag=8)[0], user_id=user_id, ts_ms=32503680000000,
+        candidates=ids(5000, alphabet, tag=2),
+        items=[{"item_id": item, "rank": 5000 - k, "logits": {o: -1.2345678901234567e-300 for o in names}}
+               for k, item in enumerate(ranked)],
+        user=maximal_snapshot(user_id, alphabet),
+    )
+
+
+def _join(record, features, impressions=()):
+    """What the joiner does with a closed window (agents/serving.py emit)."""
+    from funnel.labels import LabelConfig, build_request_sample
+
+    snapshot = record.user
+    user = user_from_snapshot(snapshot)
+    sample = build_request_sample(record.request_id, record.ts_ms, user, features, record.items, impressions,
+                                  LabelConfig(top_n=10, n_easy_negatives=20))
+    return sample, record_from_sample(sample, snapshot)
+
+
+@pytest.mark.parametrize("features", ["bare", "maximal"])
+def test_a_maximal_rank_scores_record_makes_a_valid_training_sample_under_the_budget(features):
+    """5000 ranked items + 1000 exposed-but-unranked items + 20 easy negatives: 6020 items, more
+    than a sample may hold (the joiner's timer crashed the worker on it); with 16 distinct
+    objectives and long ids, megabytes over the budget. The record keeps the first items that fit,
+    ranked ones first in rank order, and counts the rest."""
+    from funnel.labels import Feedback
+    from streams.base import MAX_RECORD_BYTES
+    from tests.streams.maximal import ids
+
+    record = _maximal_rank_scores()
+    exposed = ids(1000, tag=3)
+    ids_all = [i.item_id for i in record.items] + list(record.candidates) + exposed
+    if features == "bare":
+        catalog = [ItemFeatures(i) for i in ids_all]
+    else:  # every item at the catalog's bounds: an author and 64 tags of 128 characters
+        tags = tuple(ids(64, tag=4))
+        catalog = [ItemFeatures(i, ids(1, tag=5)[0], tags, 2**63 - 1) for i in ids_all]
+    shown = [Feedback(item, ts_ms=record.ts_ms, position=k, click=1) for k, item in enumerate(exposed)]
+    sample, out = _join(record, catalog, shown)
+    assert len(sample.items) == 6020
+    from streams.training_samples import MAX_SAMPLE_ITEMS
+    raw = training_samples.CODEC.encode(out)
+    assert len(raw) <= MAX_RECORD_BYTES
+    back = training_samples.CODEC.decode(raw)
+    assert isinstance(back, TrainingSample) and back == out
+    kept = len(back.items)
+    assert 0 < kept <= MAX_SAMPLE_ITEMS and back.truncated_items == 6020 - kept > 0
+    by_rank = sorted(record.items, key=lambda i: i.rank)
+    assert [i.item_id for i in back.items] == [i.item_id for i in by_rank][:kept]  # a prefix, in rank order
+    assert back.cascade[:10] == [1] * 10 and len(back.teacher_logits) == 16
+    assert all(len(values) == kept for values in back.teacher_logits.values())
+    assert back.user == record.user
+
+
+def test_a_large_sample_of_short_ids_is_not_truncated():
+    """5000 ranked + 20 easy negatives of ordinary ids, 3 objectives: over the old 5000-item bound,
+    well inside the budget: carried whole."""
+    from streams.rank_scores import RankScores
+    from streams.training_samples import UserSnapshot
+
+    record = RankScores(
+        request_id="r", user_id="u", ts_ms=5, candidates=[f"c{k}" for k in range(5000)],
+        items=[{"item_id": f"i{k}", "rank": k, "logits": {"click": 0.1, "long_view": 0.2, "like": 0.3}}
+               for k in range(5000)],
+        user=UserSnapshot(user_id="u", history_items=["i1"]),
+    )
+    features = [ItemFeatures(f"i{k}", f"a{k % 9}", ("t1", "t2")) for k in range(5000)]
+    sample, out = _join(record, features + [ItemFeatures(f"c{k}") for k in range(5000)])
+    assert len(out.items) == len(sample.items) == 5020 and out.truncated_items == 0
+    assert training_samples.CODEC.decode(training_samples.CODEC.encode(out)) == out
+
+
+@settings(max_examples=60, deadline=None)
+@given(samples(), st.integers(300, 3000))
+def test_a_cut_sample_is_a_prefix_within_the_budget(sample, budget):
+    """With a small budget (patched), every record fits it and is a prefix of the sample."""
+    import funnel.convert as convert
+
+    original = convert.MAX_SAMPLE_BYTES
+    convert.MAX_SAMPLE_BYTES = budget + 2000  # the fixed part (ids, snapshot) needs room of its own
+    try:
+        record = record_from_sample(sample)
+    finally:
+        convert.MAX_SAMPLE_BYTES = original
+    raw = training_samples.CODEC.encode(record)
+    n = len(record.items)
+    assert n >= 1 and record.truncated_items == len(sample.items) - n
+    assert len(raw) <= budget + 2000 or n == 1
+    back, whole = comparable(sample_from_record(record)), comparable(sample)
+    assert back[3] == whole[3][:n] and all(b == w[:n] for b, w in zip(back[4:8], whole[4:8]))
+    assert back[8] == {o: values[:n] for o, values in whole[8].items()}

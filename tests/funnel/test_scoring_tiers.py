@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
 from funnel.scoring import Scorer, VectorLRU
 from funnel.store import ModelStore
@@ -166,3 +167,77 @@ def test_a_response_ranks_the_top_k_and_samples_easy_negatives_outside_it():
     position = {item_id: k for k, item_id in enumerate(request.candidates)}
     assert [position[n] for n in response.negatives] == sorted(position[n] for n in response.negatives)
     assert scorer.score(request, user).negatives == response.negatives  # seeded by the request id
+
+
+# --- the response budget (issue 13) ----------------------------------------------------------
+
+def _budget_scorer(**kwargs) -> Scorer:
+    student = ServedStudent(TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1)))
+    scorer = Scorer(ModelStore(FakeRedis(), "p"), lambda _: student, lru_items=0, **kwargs)
+    scorer.model, scorer.version = student, 1
+    return scorer
+
+
+def _as_the_agent_sends(response, user: UserFeatures) -> bytes:
+    """The agent adds the timing, the request time and the user snapshot, then encodes."""
+    from funnel.convert import snapshot_from_user
+    from streams.score_responses import CODEC
+
+    return CODEC.encode(response.model_copy(update={"latency_ms": 12.5, "ts_ms": 2**40,
+                                                    "user": snapshot_from_user(user)}))
+
+
+@pytest.mark.parametrize(("alphabet", "score_items", "audit_fits"),
+                         [("astral", 0, True), ("astral", 1000, False), ("control", 0, False), ("control", 1000, False)])
+def test_a_maximal_audited_request_is_answered_within_the_budget(alphabet, score_items, audit_fits):
+    """5000 candidates of 128 multi-byte characters, k = 1000, audited, a user at every bound: the
+    response (~9 MB before, over the producer's limit: the scorer crashed) fits 4 MiB, with every
+    candidate when they fit (astral characters, 4 bytes each: 5000 x 514 bytes) and without them,
+    flagged, when they do not (with 1000 score items too, or control characters, 6 bytes each)."""
+    from streams.base import MAX_RECORD_BYTES
+    from streams.score_responses import CODEC
+    from tests.streams.maximal import ids, maximal_user
+
+    scorer = _budget_scorer(audit_every=1, max_k=1000)
+    candidates = ids(5000, alphabet)
+    user = maximal_user(ids(1, alphabet, tag=9)[0], alphabet)
+    request = ScoreRequest(request_id=ids(1, alphabet, tag=8)[0], user_id=user.user_id, ts_ms=0,
+                           candidates=candidates, k=1000, score_items=candidates[len(candidates) - score_items:])
+    response = scorer.score(request, user)
+    assert response.error is None and len(response.items) == 1000 and len(response.item_scores) == score_items
+    raw = _as_the_agent_sends(response, user)
+    assert len(raw) <= MAX_RECORD_BYTES
+    back = CODEC.decode(raw)
+    assert back.audit_candidates == (candidates if audit_fits else [])
+    assert back.audit_dropped is not audit_fits
+    assert [i.item_id for i in back.items] == [i.item_id for i in response.items]
+
+
+def test_an_audited_request_of_short_ids_keeps_its_audit_list():
+    scorer = _budget_scorer(audit_every=1)
+    candidates = [f"item-{k:0>123}" for k in range(5000)]
+    response = scorer.score(ScoreRequest(request_id="r", user_id="u", ts_ms=0, candidates=candidates, k=1000),
+                            UserFeatures("u"))
+    assert response.audit_candidates == candidates and not response.audit_dropped
+
+
+def test_a_response_that_cannot_fit_is_refused_with_a_reason():
+    """A scorer configured with max_k = 5000: 5000 items of 128 control characters (770 bytes each
+    in JSON) cannot fit 4 MiB with a snapshot: an error response says why, instead of a crash."""
+    from streams.score_responses import CODEC
+    from tests.streams.maximal import ids
+
+    scorer = _budget_scorer(audit_every=1, max_k=5000)
+    request = ScoreRequest(request_id="r", user_id="u", ts_ms=0, candidates=ids(5000), k=5000)
+    response = scorer.score(request, UserFeatures("u"))
+    assert response.error == "response would exceed 4194304 bytes" and response.items == []
+    assert response.model_version == 1
+    assert CODEC.decode(_as_the_agent_sends(response, UserFeatures("u"))).error == response.error
+    fits = scorer.score(request.model_copy(update={"k": 3000}), UserFeatures("u"))
+    assert fits.error is None and len(fits.items) == 3000 and fits.audit_dropped
+
+
+def test_easy_negatives_stay_within_the_response_bound():
+    scorer = _budget_scorer(audit_every=0, easy_negatives=5000)
+    request = ScoreRequest(request_id="r", user_id="u", ts_ms=0, candidates=[f"i{k}" for k in range(3000)], k=10)
+    assert len(scorer.score(request, UserFeatures("u")).negatives) == 1000
