@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from models.features import ItemFeatures, UserFeatures
+from streams.training_samples import MAX_HISTORY
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -57,6 +58,9 @@ class HistoryConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"HistoryConfig.{name} must be a non-negative int, got {value!r}")
+        for name in ("max_items", "max_authors", "max_tags", "max_session_items"):
+            if getattr(self, name) > MAX_HISTORY:  # a snapshot must stay a valid wire record
+                raise ValueError(f"HistoryConfig.{name} must be <= {MAX_HISTORY}, got {getattr(self, name)}")
 
 
 def local_hour_and_weekday(ts_ms: int, utc_offset_hours: float) -> tuple[int, int]:

@@ -89,3 +89,11 @@ def test_seeded_history_uses_the_catalog_and_has_no_session():
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError):
         HistoryConfig(max_items=-1)
+
+
+def test_a_history_longer_than_a_snapshot_may_carry_is_refused_at_configuration():
+    from streams.training_samples import MAX_HISTORY
+
+    with pytest.raises(ValueError, match="max_tags"):
+        HistoryConfig(max_tags=MAX_HISTORY + 1)
+    HistoryConfig(max_tags=MAX_HISTORY)  # the bound itself is fine
