@@ -25,6 +25,21 @@ The rule, stated once:
   ``retention_ms`` of event time.
 - Future: an event stamped more than ``max_future_ms`` ahead of the wall clock is dropped
   (``future_*``) without moving the watermark.
+- Ahead (the watermark's bound): the watermark moves to an event's time only within
+  ``max_ahead_ms`` of the *reference*, the median (the lower one) of the last
+  ``reference_events`` event times of this join (one join per input partition; late and future
+  events excluded, the event itself included). An event further ahead is joined like any other,
+  but moves the watermark only to ``reference + max_ahead_ms`` and is counted ``ahead_*``. So one
+  event, or any minority of the recent ones, moves the watermark at most ``max_ahead_ms`` past
+  the recent event times, however far ahead it is stamped, and never further by repeating it:
+  with ``max_ahead_ms <= window_ms`` (the worker sets that) it can make late no event stamped at
+  or after the reference. A real jump of the clock (a quiet partition, a replay's night) is
+  followed as soon as most recent events carry it: after ``reference_events // 2 + 1`` events,
+  none of which is dropped. In steady traffic the reference trails the newest event by about
+  ``reference_events // 2`` events, so the watermark is the newest event time as long as those
+  events span less than ``max_ahead_ms``. The recent times are not stored: a join resumed from
+  its state starts with the stored watermark as its only recent time (a new join: the wall
+  clock), so its bound is ``watermark + max_ahead_ms`` until events arrive.
 - Duplicate: a second rank-scores for a pending request, or an impression with the same
   ``(item_id, position, ts_ms)`` as one held, is dropped (``duplicate_*``).
 
@@ -202,10 +217,15 @@ class JoinConfig:
     window_ms: int = 10 * 60_000
     retention_ms: int = 60 * 60_000
     max_future_ms: int = 24 * 3_600_000  # events stamped further ahead of the wall clock are dropped
+    max_ahead_ms: int = 5 * 60_000  # how far past the recent event times one event moves the watermark
+    reference_events: int = 15  # how many recent event times the reference (their median) is taken over
 
     def __post_init__(self) -> None:
         if self.window_ms < 0 or self.retention_ms < 0:
             raise ValueError(f"window_ms and retention_ms must be >= 0, got {self.window_ms}, {self.retention_ms}")
+        if self.max_ahead_ms < 0 or self.reference_events < 1:
+            raise ValueError(f"max_ahead_ms must be >= 0 and reference_events >= 1, got {self.max_ahead_ms}, "
+                             f"{self.reference_events}")
 
 
 @dataclass
@@ -219,6 +239,7 @@ class PendingRequest:
     candidates: tuple[str, ...] = ()
     impressions: list[Feedback] = field(default_factory=list)
     user: Mapping | None = None  # the snapshot the scorer used (JSON-able), carried by the rank-scores
+    offset: int | None = None  # where the rank-scores were read (their input partition's offset)
 
     def to_dict(self) -> dict:
         return {
@@ -233,6 +254,7 @@ class PendingRequest:
                 [f.item_id, f.ts_ms, f.position, f.click, f.long_view, f.like, f.play_ms] for f in self.impressions
             ],
             "user": None if self.user is None else dict(self.user),
+            "offset": self.offset,
         }
 
 
@@ -288,9 +310,14 @@ class LabelJoin:
         self.closed: MutableMapping[str, int] = {} if closed is None else closed
         self.counters: Counter[str] = Counter()
         heads = dict(self.pending.items())  # one pass over a possibly remote mapping
+        fresh = watermark_ms is None and not heads
         if watermark_ms is None:
             watermark_ms = max((int(head["ts_ms"]) for head in heads.values()), default=0)
         self.watermark_ms = watermark_ms
+        # The last event times the watermark's bound is taken from (see the module docstring),
+        # seeded with the stored watermark, or for a new join with the wall clock: its first event
+        # is no more trusted than a later one.
+        self._recent: deque[int] = deque([clock_ms() if fresh else watermark_ms], maxlen=config.reference_events)
         self._deadlines = [(int(head["ts_ms"]) + config.window_ms, rid) for rid, head in heads.items()]
         heapq.heapify(self._deadlines)
         # Which exposures each request holds: an index over ``impressions``, so a close finds them.
@@ -317,26 +344,28 @@ class LabelJoin:
         ranked: Iterable[RankedLike],
         candidates: Sequence[str] = (),
         user: Mapping | None = None,
+        offset: int | None = None,
     ) -> list[PendingRequest]:
         """The fine ranker's scores of a request (``candidates``: ids of its whole candidate set;
-        ``user``: the JSON-able user snapshot the scorer used, stored once with them)."""
+        ``user``: the JSON-able user snapshot the scorer used, stored once with them; ``offset``:
+        where the record was read, so a request that cannot be emitted can name it)."""
         if self._is_future(ts_ms):
             self.counters["future_rank_scores"] += 1
             return []
         if self._is_late(request_id, ts_ms):
             self.counters["late_rank_scores"] += 1
-            return self._advance(ts_ms)
+            return self.advance(self.watermark_ms)
         head = self.pending.get(request_id)
         if head is not None and head["ranked"] is not None:
             self.counters["duplicate_rank_scores"] += 1
-            return self._advance(ts_ms)
+            return self._advance(ts_ms, "rank_scores")
         self._store_head(request_id, {
             "user_id": user_id, "ts_ms": ts_ms,
             "ranked": [[r.item_id, int(r.rank), dict(r.logits)] for r in map(Ranked.of, ranked)],
-            "candidates": list(candidates), "user": None if user is None else dict(user),
+            "candidates": list(candidates), "user": None if user is None else dict(user), "offset": offset,
         })
         self.counters["rank_scores"] += 1
-        return self._advance(ts_ms)
+        return self._advance(ts_ms, "rank_scores")
 
     def add_impression(self, request_id: str, user_id: str, impression: ImpressionLike) -> list[PendingRequest]:
         """One exposure of a request, in any order relative to its rank-scores."""
@@ -346,13 +375,13 @@ class LabelJoin:
             return []
         if self._is_late(request_id, feedback.ts_ms):
             self.counters["late_impressions"] += 1
-            return self._advance(feedback.ts_ms)
+            return self.advance(self.watermark_ms)
         key = impression_key(request_id, feedback)
         head = self.pending.get(request_id)
         # A row without its head (a crash kept one write of the pair) is taken again, not a duplicate.
         if head is not None and key in self.impressions:
             self.counters["duplicate_impressions"] += 1
-            return self._advance(feedback.ts_ms)
+            return self._advance(feedback.ts_ms, "impressions")
         if key not in self.impressions:
             self.impressions[key] = [request_id, feedback.item_id, feedback.ts_ms, feedback.position, feedback.click,
                                      feedback.long_view, feedback.like, feedback.play_ms]
@@ -363,13 +392,25 @@ class LabelJoin:
         elif head["ranked"] is None and feedback.ts_ms < int(head["ts_ms"]):
             self._store_head(request_id, {**head, "ts_ms": feedback.ts_ms})
         self.counters["impressions"] += 1
-        return self._advance(feedback.ts_ms)
+        return self._advance(feedback.ts_ms, "impressions")
 
     def _store_head(self, request_id: str, head: dict) -> None:
         self.pending[request_id] = head
         heapq.heappush(self._deadlines, (int(head["ts_ms"]) + self.config.window_ms, request_id))
 
-    def _advance(self, event_ts_ms: int) -> list[PendingRequest]:
+    @property
+    def reference_ms(self) -> int:
+        """The median (the lower one) of the recent event times: the watermark's bound is
+        ``reference_ms + max_ahead_ms`` (see the module docstring)."""
+        recent = sorted(self._recent)
+        return recent[(len(recent) - 1) // 2]
+
+    def _advance(self, event_ts_ms: int, kind: str) -> list[PendingRequest]:
+        self._recent.append(event_ts_ms)
+        bound = self.reference_ms + self.config.max_ahead_ms
+        if event_ts_ms > bound:
+            self.counters[f"ahead_{kind}"] += 1
+            event_ts_ms = bound
         return self.advance(max(self.watermark_ms, event_ts_ms))
 
     def advance(self, watermark_ms: int) -> list[PendingRequest]:
@@ -428,4 +469,5 @@ class LabelJoin:
             request_id=request_id, user_id=head["user_id"], ts_ms=int(head["ts_ms"]),
             ranked=tuple(Ranked(item, int(rank), dict(logits)) for item, rank, logits in head["ranked"]),
             candidates=tuple(head["candidates"]), impressions=feedback, user=head.get("user"),
+            offset=head.get("offset"),
         ))

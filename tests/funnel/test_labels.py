@@ -249,3 +249,97 @@ def test_pure_modules_import_no_broker_or_store_client():
     repo = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     assert result.stdout.strip() == ""
+
+
+# ---- the watermark's bound (issue 13) ---------------------------------------------------------
+
+NOW = 1_700_000_000_000
+HOUR = 3_600_000
+
+
+def test_an_event_23_hours_ahead_does_not_make_on_time_events_late():
+    config = JoinConfig(window_ms=60_000, max_ahead_ms=60_000)
+    join = LabelJoin(config, clock_ms=lambda: NOW)
+    for r in range(20):  # a partition's steady traffic
+        join.add_rank_scores(f"before{r}", "u", NOW - 20_000 + 1000 * r, [Ranked("a", 0, {"click": 1.0})])
+    join.add_impression("evil", "u", Feedback("x", ts_ms=NOW + 23 * HOUR))  # within max_future_ms (24 h)
+    assert join.counters["future_impressions"] == 0 and join.counters["ahead_impressions"] == 1
+    assert join.watermark_ms <= NOW + config.max_ahead_ms  # moved by at most max_ahead_ms
+    for r in range(50):  # on time: each is joined, none is late
+        join.add_rank_scores(f"after{r}", "u", NOW + 100 * r, [Ranked("a", 0, {"click": 1.0})])
+        join.add_impression(f"after{r}", "u", Feedback("a", ts_ms=NOW + 100 * r + 10, click=1))
+    assert join.counters["late_rank_scores"] == join.counters["late_impressions"] == 0
+    emitted = {p.request_id: p for p in join.flush()}
+    assert all(len(emitted[f"after{r}"].impressions) == 1 for r in range(50))
+    assert join.counters["orphan_impressions"] == 1  # the outlier itself: joined, never ranked
+
+
+def test_repeating_the_outlier_does_not_move_the_watermark_further():
+    join = LabelJoin(JoinConfig(window_ms=60_000, max_ahead_ms=60_000), clock_ms=lambda: NOW)
+    for r in range(15):
+        join.add_impression(f"r{r}", "u", Feedback("a", ts_ms=NOW + r))
+    for k in range(7):  # a minority of the last 15 event times
+        join.add_impression(f"evil{k}", "u", Feedback("x", ts_ms=NOW + 23 * HOUR + k))
+    assert join.watermark_ms <= NOW + 15 + 60_000
+    assert join.counters["ahead_impressions"] == 7
+    join.add_rank_scores("on-time", "u", NOW + 20, [Ranked("a", 0, {"click": 1.0})])
+    assert join.counters["late_rank_scores"] == 0
+
+
+def test_a_gradual_clock_advance_is_followed():
+    config = JoinConfig(window_ms=60_000, max_ahead_ms=60_000)
+    join = LabelJoin(config, clock_ms=lambda: NOW + 10 * HOUR)
+    ts, emitted = NOW, []
+    for r in range(3000):  # 5 s per event: 4 hours 10 minutes of event time
+        ts += 5_000
+        emitted += join.add_rank_scores(f"r{r}", "u", ts, [Ranked("a", 0, {"click": 1.0})])
+        assert join.watermark_ms == ts
+    assert join.counters["ahead_rank_scores"] == 0 and join.counters["late_rank_scores"] == 0
+    assert len(emitted) == 3000 - 13  # every window closed once the watermark passed its end (60 s: 12 steps)
+
+
+def test_a_jump_of_the_clock_is_followed_after_most_recent_events_carry_it():
+    config = JoinConfig(window_ms=60_000, max_ahead_ms=60_000, reference_events=15)
+    join = LabelJoin(config, clock_ms=lambda: NOW + 10 * HOUR)
+    for r in range(30):
+        join.add_impression(f"old{r}", "u", Feedback("a", ts_ms=NOW + r))
+    later = NOW + 5 * HOUR  # a quiet partition wakes up (or a replay crosses a night)
+    for r in range(8):
+        join.add_rank_scores(f"new{r}", "u", later + r, [Ranked("a", 0, {"click": 1.0})])
+    assert join.watermark_ms == later + 7  # 8 of the last 15 times: the reference is there
+    assert join.counters["ahead_rank_scores"] == 7  # held back on the way, none dropped
+    assert join.counters["rank_scores"] == 8 and join.counters["late_rank_scores"] == 0
+    assert {p.request_id for p in join.flush()} == {f"new{r}" for r in range(8)}
+
+
+def test_the_watermark_bound_is_validated():
+    with pytest.raises(ValueError):
+        JoinConfig(max_ahead_ms=-1)
+    with pytest.raises(ValueError):
+        JoinConfig(reference_events=0)
+
+
+# ---- linear time (issue 13) -------------------------------------------------------------------
+
+def _one_request_with(n: int) -> float:
+    import time
+
+    join = LabelJoin(JoinConfig(window_ms=10**9))
+    started = time.perf_counter()
+    join.add_rank_scores("r", "u", 0, [Ranked(f"i{j}", j, {"click": 0.1}) for j in range(50)],
+                         candidates=[f"c{j}" for j in range(1000)], user={"user_id": "u"})
+    for j in range(n):
+        join.add_impression("r", "u", Feedback(f"e{j}", ts_ms=1 + j, position=j, click=j % 2))
+    (part,) = join.flush()
+    features = [ItemFeatures(i) for i in part.candidates] + [ItemFeatures(f.item_id) for f in part.impressions]
+    sample = build_request_sample("r", 0, USER, features, part.ranked,
+                                  part.impressions, LabelConfig())
+    assert len(part.impressions) == n and len(sample.items) == 50 + n + 20
+    return time.perf_counter() - started
+
+
+def test_one_request_with_10000_impressions_is_joined_in_linear_time():
+    small = min(_one_request_with(1_000) for _ in range(3))
+    large = min(_one_request_with(10_000) for _ in range(3))
+    # Linear is 10x; quadratic would be ~100x. The bound is generous for a shared machine.
+    assert large / small < 30, (small, large)
