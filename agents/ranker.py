@@ -85,17 +85,20 @@ def install(runtime: Runtime, metrics: PrerankMetrics, serving=None):
     @runtime.app.agent(runtime.topic("score_responses"), name="ranker")
     async def ranker(stream):
         async for event in stream.events():
-            response = await runtime.decode(score_responses.CODEC, event, "ranker")
-            if response is None:
-                continue
-            top = features([i.item_id for i in response.items[: settings.worker.rank_k]])
-            ranked = rank_response(response, teacher, top, settings.worker.rank_k)
-            if ranked is not None and response.audit_candidates:
-                for k, recall in consistency.observe(response, teacher, features).items():
-                    metrics.set_consistency_recall(k, recall)
-            if ranked is not None:
-                await runtime.topic("rank_scores").send(
-                    key=response.user_id.encode(), value=rank_scores.CODEC.encode(ranked)
-                )
+            # A response that cannot be ranked or whose rank-scores cannot be sent is a dead
+            # letter (agents/app.py); the ranker goes on with the next.
+            async with runtime.isolated("ranker", event):
+                response = await runtime.decode(score_responses.CODEC, event, "ranker")
+                if response is None:
+                    continue
+                top = features([i.item_id for i in response.items[: settings.worker.rank_k]])
+                ranked = rank_response(response, teacher, top, settings.worker.rank_k)
+                if ranked is not None and response.audit_candidates:
+                    for k, recall in consistency.observe(response, teacher, features).items():
+                        metrics.set_consistency_recall(k, recall)
+                if ranked is not None:
+                    await runtime.topic("rank_scores").send(
+                        key=response.user_id.encode(), value=rank_scores.CODEC.encode(ranked)
+                    )
 
     return teacher

@@ -11,6 +11,12 @@ checkpoint), which makes every request reach the model exactly once.
 
 One trainer owns every partition of ``training-samples`` (sharding plan: docs/scaling.md).
 Learning runs in a single worker thread so the event loop keeps heartbeating and publishing.
+
+No record stops the trainer: a record that does not decode is a dead letter; a micro-batch whose
+learn step raises is learned again one record at a time, and each record that fails alone is a
+dead letter (``internal`` / ``output_invalid``, with its topic, partition and offset) while the
+others are learned; a publish that fails is retried at the next interval. Only what is not about
+data (the checkpoint folder, the broker's metadata at start) still stops the worker loudly.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.app import Runtime
+from agents.app import Runtime, bounded, frames
 from core.kafka import aiokafka_options, kafka_python_options
 from core.redis import RedisUnavailable
 from funnel.checkpoint import CheckpointDir
@@ -59,6 +65,7 @@ class LearnStep:
     """One decoded micro-batch: its records, the offsets after it, and its learn step once submitted."""
 
     records: list = field(default_factory=list)
+    sources: list = field(default_factory=list)  # the message each record came from (for dead letters)
     produced_ms: list[int] = field(default_factory=list)  # producer timestamps, for freshness
     offsets: dict[str, int] = field(default_factory=dict)  # partition -> next offset to read
     future: Future | None = None
@@ -111,10 +118,35 @@ class Trainer:
         self._dirty = False
         self._last_checkpoint = time.monotonic()
 
-    def learn(self, records: list) -> dict[str, float]:
-        """One learn step, in the learn thread. The record and sample counters and the learned ids
-        move with the model (so a checkpoint of them can never disagree); the offsets move when the
-        step is applied."""
+    def learn(self, records: list) -> dict:
+        """One learn step, in the learn thread; if it raises, one step per record, the records
+        that fail alone listed in ``failed`` as ``(index, exception)`` (the agent dead-letters
+        them). The record and sample counters and the learned ids move with the model (so a
+        checkpoint of them can never disagree); the offsets move when the step is applied."""
+        try:
+            return {**self._learn_step(records), "failed": []}
+        except Exception as exc:  # noqa: BLE001 - find the record(s) that cannot be learned
+            if len(records) == 1:
+                return {"samples": 0, "duplicates": 0, "failed": [(0, exc)]}
+            log.warning("trainer: a step of %d records failed, learning them one by one: %s", len(records),
+                        bounded(f"{type(exc).__name__}: {exc}"))
+        result: dict = {"samples": 0, "duplicates": 0, "failed": []}
+        losses = []
+        for index, record in enumerate(records):
+            try:
+                one = self._learn_step([record])
+            except Exception as exc:  # noqa: BLE001
+                result["failed"].append((index, exc))
+                continue
+            result["samples"] += one["samples"]
+            result["duplicates"] += one["duplicates"]
+            if "loss" in one:
+                losses.append(one["loss"])
+        if losses:
+            result["loss"] = sum(losses) / len(losses)
+        return result
+
+    def _learn_step(self, records: list) -> dict[str, float]:
         fresh, step_ids = [], set()
         for record in records:  # the first copy of a request wins, within a step as across steps
             if record.request_id not in self.state.learned and record.request_id not in step_ids:
@@ -190,7 +222,9 @@ class Trainer:
                     # thread: the broker path's cost hides behind the model's.
                     step = await self._decode_batch(batches)
                     if in_flight is not None:
-                        self._apply(in_flight, await asyncio.wrap_future(in_flight.future))
+                        result = await asyncio.wrap_future(in_flight.future)
+                        self._apply(in_flight, result)
+                        await self._dead_letter_failed(in_flight, result)
                         in_flight = None
                     # No step is in flight here, so the model and the offsets agree: the only point
                     # where a checkpoint (or a version) may be taken.
@@ -200,7 +234,10 @@ class Trainer:
                         in_flight = step
                     elif batches:
                         self._apply(step, None)  # only dead letters: their offsets move on
-                    await self._maybe_record_lag(consumer)
+                    try:
+                        await self._maybe_record_lag(consumer)
+                    except Exception as exc:  # noqa: BLE001 - a metric; the next interval tries again
+                        log.warning("trainer: consumer lag not recorded: %s", bounded(f"{type(exc).__name__}: {exc}"))
             finally:
                 if in_flight is not None:  # on SIGTERM too: the step finishes and counts before the checkpoint
                     self._apply(in_flight, in_flight.future.result())
@@ -217,11 +254,24 @@ class Trainer:
                 record = await self._decode(message)
                 if record is not None:
                     step.records.append(record)
+                    step.sources.append(message)
                     step.produced_ms.append(message.timestamp)
                 step.offsets[str(tp.partition)] = message.offset + 1
         return step
 
-    def _apply(self, step: LearnStep, result: dict[str, float] | None) -> None:
+    async def _dead_letter_failed(self, step: LearnStep, result: dict | None) -> None:
+        """Each record its learn step could not learn alone becomes a dead letter (it is not
+        retried: its offset has moved on with the step's)."""
+        for index, exc in (result or {}).get("failed", ()):
+            message = step.sources[index]
+            self.metrics.count_agent_error("trainer")
+            log.error("trainer: record %s[%d]@%d not learned: %s\n%s", message.topic, message.partition, message.offset,
+                      bounded(f"{type(exc).__name__}: {exc}"), frames(exc))
+            await self.runtime.survive("trainer", exc, topic=message.topic, partition=message.partition,
+                                       offset=message.offset, key=message.key, value=message.value,
+                                       what="learning record")
+
+    def _apply(self, step: LearnStep, result: dict | None) -> None:
         """Count a learned step and move the offsets past it (dead letters included)."""
         self.state.offsets.update(step.offsets)
         self._unpublished_ts_ms.extend(step.produced_ms)
@@ -269,6 +319,11 @@ class Trainer:
         except RecordError as error:
             await self.runtime.dead_letter(error, message.key, message.value, "trainer")
             return None
+        except Exception as exc:  # noqa: BLE001 - any record the codec chokes on is a dead letter
+            await self.runtime.survive("trainer", exc, topic=message.topic, partition=message.partition,
+                                       offset=message.offset, key=message.key, value=message.value,
+                                       what="decoding record")
+            return None
 
     async def _maybe_publish_and_checkpoint(self, loop) -> None:
         worker = self.settings.worker
@@ -284,7 +339,10 @@ class Trainer:
                 await loop.run_in_executor(self.executor, self.publish)
                 self._published_samples = learned
             except (RedisUnavailable, OSError) as exc:  # the next interval retries; training goes on
-                log.warning("publish failed, will retry: %s", exc)
+                log.warning("publish failed, will retry: %s", bounded(exc))
+            except Exception as exc:  # noqa: BLE001 - a version that cannot be built: keep training
+                self.metrics.count_agent_error("publisher")
+                log.error("publish failed, will retry: %s\n%s", bounded(f"{type(exc).__name__}: {exc}"), frames(exc))
         await self._maybe_checkpoint(loop)
 
     async def _maybe_checkpoint(self, loop) -> None:

@@ -25,7 +25,8 @@ publisher  ``publish_duration_seconds``, ``published_items_total``,
            ``model_version`` and ``model_version_age_seconds`` {agent="publisher"}
 joiner     ``joiner_records_total``, ``joiner_events_total`` {event}, ``joiner_pending_requests``,
            ``consistency_recall_ratio`` {k} (fine ranker's top-N inside the pre-ranker's top-K)
-every one  ``dead_letters_total`` {topic, reason}, ``consumer_lag_messages``
+every one  ``dead_letters_total`` {topic, reason}, ``agent_errors_total`` {agent},
+           ``dead_letter_failures_total`` {agent}, ``consumer_lag_messages``
            {agent, topic, partition} (see :mod:`monitoring.lag`)
 =========  ==================================================================================
 
@@ -63,9 +64,24 @@ AGENTS = ("joiner", "history", "trainer", "publisher", "scorer")
 CACHE_TIERS = ("local", "redis", "computed")
 FEEDBACK_LABELS = ("click", "long_view")
 RECALL_AT_K = (50, 100, 200)
-JOIN_EVENTS = ("late", "orphan", "duplicate")
+JOIN_EVENTS = ("late", "orphan", "duplicate", "ahead")
 LOSS_MODES = ("cascade", "distill", "impressions")
-SCORER_ERROR_REASONS = ("invalid_request", "too_many_candidates", "no_model", "internal")
+SCORER_ERROR_REASONS = ("invalid_request", "too_many_candidates", "no_model", "response_too_large", "internal")
+#: Why a record became a dead letter: never the error's text, which is the sender's to choose.
+#: ``invalid_json`` / ``invalid_msgpack``: the bytes do not parse; ``schema``: a field is missing,
+#: of the wrong type or out of range (or the payload is not an object); ``unknown_field``: a field
+#: the schema does not have; ``too_large``: over the codec's byte limit; ``tombstone``: no value
+#: where a record is expected; ``version``: an unknown schema version; ``key_mismatch``: the Kafka
+#: key is not the record's ``user_id``; ``output_invalid``: what the agent built from the record
+#: does not validate (a training sample over its bounds); ``output_too_large``: what it built is
+#: over the producer's limit; ``send_failed``: the broker refused or the send failed otherwise;
+#: ``internal``: any other exception while processing the record (a bug, not bad input).
+DEAD_LETTER_REASONS = (
+    "invalid_json", "invalid_msgpack", "schema", "unknown_field", "too_large", "tombstone", "version",
+    "key_mismatch", "output_invalid", "output_too_large", "send_failed", "internal",
+)
+#: The agents (and their timers) of a worker, as they name themselves in dead letters and errors.
+WORKER_AGENTS = ("catalog", "profiles", "history", "joiner", "scorer", "ranker", "trainer", "publisher")
 
 
 def _check(label: str, value: str, allowed: tuple) -> str:
@@ -224,7 +240,18 @@ class PrerankMetrics:
         )
         self.dead_letters_total = Counter(
             "prerank_dead_letters_total", "Records sent to the dead-letter topic, by source topic "
-            "and reason.", ["topic", "reason"], registry=registry,
+            "and reason (one of DEAD_LETTER_REASONS).", ["topic", "reason"], registry=registry,
+        )
+        self.agent_errors_total = Counter(
+            "prerank_agent_errors_total",
+            "Exceptions an agent or one of its timers caught and survived (the record, if any, "
+            "becomes a dead letter), by agent.",
+            ["agent"], registry=registry,
+        )
+        self.dead_letter_failures_total = Counter(
+            "prerank_dead_letter_failures_total",
+            "Dead letters that could not be sent even without the record's bytes (logged instead).",
+            ["agent"], registry=registry,
         )
         self.consumer_lag_messages = Gauge(
             "prerank_consumer_lag_messages",
@@ -241,6 +268,9 @@ class PrerankMetrics:
             self.trainer_samples_total.labels(mode=mode)
         for event in JOIN_EVENTS:
             self.joiner_events_total.labels(event=event)
+        for agent in WORKER_AGENTS:
+            self.agent_errors_total.labels(agent=agent)
+            self.dead_letter_failures_total.labels(agent=agent)
 
     # Helpers where a metric needs more than one call, or a checked label.
 
@@ -281,8 +311,33 @@ class PrerankMetrics:
             raise ValueError(f"recall must lie in [0, 1], got {recall}")
         self.consistency_recall_ratio.labels(k=str(_check("k", k, RECALL_AT_K))).set(recall)
 
+    def count_dead_letter(self, topic: str, reason: str) -> None:
+        """Count one dead letter written for a record of ``topic``; ``reason`` is one of
+        :data:`DEAD_LETTER_REASONS` (a closed set: the error's text never becomes a label).
+
+        >>> from prometheus_client import CollectorRegistry
+        >>> metrics = PrerankMetrics(CollectorRegistry())
+        >>> metrics.count_dead_letter("prerank.impressions", "unknown_field")
+        >>> metrics.registry.get_sample_value("prerank_dead_letters_total",
+        ...                                   {"topic": "prerank.impressions", "reason": "unknown_field"})
+        1.0
+        >>> metrics.count_dead_letter("prerank.impressions", "injected: Extra inputs are not permitted")
+        Traceback (most recent call last):
+        ...
+        monitoring.exceptions.UnknownLabelValueError: reason='injected: Extra inputs are not permitted' is not one of ...
+        """
+        self.dead_letters_total.labels(topic=topic, reason=_check("reason", reason, DEAD_LETTER_REASONS)).inc()
+
+    def count_agent_error(self, agent: str) -> None:
+        """Count one exception an agent (or its timer) caught and survived."""
+        self.agent_errors_total.labels(agent=_check("agent", agent, WORKER_AGENTS)).inc()
+
+    def count_dead_letter_failure(self, agent: str) -> None:
+        """Count one dead letter that could not be sent at all."""
+        self.dead_letter_failures_total.labels(agent=_check("agent", agent, WORKER_AGENTS)).inc()
+
     def count_join_event(self, event: str, amount: int = 1) -> None:
-        """Count late, orphan or duplicate events seen by the joiner."""
+        """Count late, orphan, duplicate or ahead (watermark held back) events seen by the joiner."""
         self.joiner_events_total.labels(event=_check("event", event, JOIN_EVENTS)).inc(amount)
 
     def set_model_version(self, agent: str, version: int, created_at_s: float) -> None:

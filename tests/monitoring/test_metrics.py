@@ -194,3 +194,42 @@ def test_metrics_endpoint_serves_what_was_recorded(metrics):
 def test_a_port_out_of_range_is_refused():
     with pytest.raises(ValueError):
         serve_metrics(CollectorRegistry(), port=70_000)
+
+
+def test_dead_letter_reasons_are_a_closed_set(metrics):
+    from monitoring.metrics import DEAD_LETTER_REASONS, WORKER_AGENTS
+
+    for reason in DEAD_LETTER_REASONS:
+        metrics.count_dead_letter("prerank.impressions", reason)
+    with pytest.raises(UnknownLabelValueError):
+        metrics.count_dead_letter("prerank.impressions", "injected_0: Extra inputs are not permitted")
+    with pytest.raises(UnknownLabelValueError):
+        metrics.count_dead_letter("prerank.impressions", "record of 7000000 bytes exceeds 4194304")
+    series = [s for f in metrics.registry.collect() if f.name == "prerank_dead_letters" for s in f.samples
+              if s.name == "prerank_dead_letters_total"]
+    assert {s.labels["reason"] for s in series} == set(DEAD_LETTER_REASONS)
+    for agent in WORKER_AGENTS:  # the survival counters exist at zero for every agent
+        assert metrics.registry.get_sample_value("prerank_agent_errors_total", {"agent": agent}) == 0.0
+    metrics.count_agent_error("joiner")
+    metrics.count_dead_letter_failure("scorer")
+    assert metrics.registry.get_sample_value("prerank_agent_errors_total", {"agent": "joiner"}) == 1.0
+    with pytest.raises(UnknownLabelValueError):
+        metrics.count_agent_error("somebody")
+
+
+def test_reason_classes_map_every_codec_error_to_the_closed_set():
+    from agents.app import reason_class
+    from monitoring.metrics import DEAD_LETTER_REASONS
+    from streams.impressions import CODEC
+    from streams.exceptions import RecordError
+
+    bad = [None, b"x" * (4 * 1024 * 1024 + 1), b"\xff", b"{not json", b"[1]", b'{"v": 2}', b'{"v": true}',
+           b'{"v": 1, "request_id": "r"}', b'{"v": 1, "' + b"f" * 5000 + b'": 1}']
+    reasons = []
+    for raw in bad:
+        with pytest.raises(RecordError) as caught:
+            CODEC.decode(raw, topic="t", partition=0, offset=1)
+        reasons.append(reason_class(caught.value))
+    assert set(reasons) <= set(DEAD_LETTER_REASONS)
+    assert reasons[:3] == ["tombstone", "too_large", "invalid_json"] and reasons[5:7] == ["version", "version"]
+    assert reasons[-1] in ("unknown_field", "schema")

@@ -188,3 +188,54 @@ def draw_examples(strategy: st.SearchStrategy, n: int) -> list:
 
     collect()
     return found
+
+
+# --- issue 13: valid records at their bounds, and the other hardening classes ------------------
+# Each builder returns the exact bytes to send (and what to expect), so a test can send them to a
+# running worker and check it survives. The sizes are those the schemas accept (or just over).
+
+def audited_request_id(prefix: str, audit_every: int = 20) -> str:
+    """A request id the scorer audits (it ships the whole candidate set in its response)."""
+    import zlib
+
+    return next(f"{prefix}{n}" for n in range(10_000) if zlib.crc32(f"{prefix}{n}".encode()) % audit_every == 0)
+
+
+def maximal_rank_scores(request_id: str, user_id: str, ts_ms: int, n_items: int = 5000,
+                        n_objectives: int = 16) -> bytes:
+    """A rank-scores record at the schema's maximum: 5000 ranked items (16 objectives each) and
+    5000 more candidates, with the scorer's user snapshot; under the 4 MiB input limit. The joiner
+    builds a training sample of more than 5000 items from it."""
+    objectives = [f"obj{o:02d}" for o in range(n_objectives)]
+    payload = {
+        "request_id": request_id, "user_id": user_id, "ts_ms": ts_ms,
+        "candidates": [f"cand-{j:05d}" for j in range(n_items)],
+        "items": [{"item_id": f"rank-{j:05d}", "rank": j, "logits": {o: 0.5 for o in objectives}}
+                  for j in range(n_items)],
+        "user": {"user_id": user_id}, "v": 1,
+    }
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def oversized_response_request(request_id: str, user_id: str, ts_ms: int, n: int = 5000, k: int = 1000) -> bytes:
+    """A valid score request (5000 candidates of 125 non-ASCII characters, k = 1000) whose answer,
+    if the request is audited, JSON-escapes to ~9 MB: more than the producer sends."""
+    candidates = ["\U0001F600" * 120 + f"{j:05d}" for j in range(n)]
+    payload = {"request_id": request_id, "user_id": user_id, "ts_ms": ts_ms, "candidates": candidates, "k": k, "v": 1}
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def over_the_input_limit(n_bytes: int = 7_000_000) -> bytes:
+    """A JSON record larger than any decoder reads (4 MiB) but smaller than the broker takes."""
+    return b'{"v":1,"pad":"' + b"x" * (n_bytes - 16) + b'"}'
+
+
+def unknown_field_records(user_id: str, n: int, prefix: str = "injected") -> list[bytes]:
+    """Small user-profile records, each with its own unknown field name: one series each if the
+    dead-letter label came from the error's text."""
+    return [json.dumps({"user_id": user_id, "fields": {}, f"{prefix}_{i}": 1, "v": 1}).encode() for i in range(n)]
+
+
+def huge_field_name_record(user_id: str, n_chars: int = 1024 * 1024) -> bytes:
+    """A 1 MiB unknown field name (under the input limit): a 1 MiB log line if reasons were logged whole."""
+    return json.dumps({"user_id": user_id, "fields": {}, "f" * n_chars: 1, "v": 1}).encode()

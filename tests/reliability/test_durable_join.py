@@ -7,7 +7,8 @@ learned, so every request reaches the model exactly once (counted at its checkpo
 
 The windows are open by construction, never by timing: the join window is wide, the idle flush
 is an hour, and the windows are closed at the end by "closer" impressions stamped hours later on
-every partition (requests without rank-scores, so never training records themselves). Before a
+every partition (requests without rank-scores, so never training records themselves; 16 per
+user, since one event cannot move the joiner's watermark far). Before a
 kill the test waits until the joiner reports every window open *and* the serving group has
 committed every input offset: a join held only in memory would then lose them all.
 """
@@ -92,12 +93,17 @@ def send(settings, records_by_topic) -> None:
         send_all(settings, key, [(r.user_id.encode(), codec.encode(r)) for r in records])
 
 
+CLOSERS_PER_USER = 16  # one event cannot move a watermark far (funnel.labels): most recent ones must
+
+
 def send_closers(settings) -> None:
-    """One impression per user, hours later: every partition's watermark passes every window."""
+    """Impressions of every user, hours later: every partition's watermark passes every window.
+    Enough of them (all of one request, never a training record) for most of each partition's
+    recent event times to be hours later."""
     sender = Sender(settings)
     futures = [sender.send("impressions", user.encode(), impressions.CODEC.encode(Impression(
-        request_id=f"closer-{user}", user_id=user, item_id="closer", ts_ms=T0 + 10**7)))
-        for user in USERS]
+        request_id=f"closer-{user}", user_id=user, item_id=f"closer{k}", ts_ms=T0 + 10**7 + k, position=k)))
+        for k in range(CLOSERS_PER_USER) for user in USERS]
     sender.flush()
     partitions = {future.get(timeout=30).partition for future in futures}
     sender.close()
