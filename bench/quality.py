@@ -18,12 +18,14 @@ busy cores for the three students; ``--baselines`` adds about half again). The J
 ``sampling`` section says what was replayed; ``timing`` has the phases and the median candidate
 build time. Raise ``--max-requests`` for tighter numbers when there is time.
 
-The peers' cost, on KuaiRand-Pure with every user (``--max-requests 1000000 --train-until
-2022-05-02``: 66,768 replayed requests of 1000 candidates, 185,177 exposures learned): Vowpal
-Wabbit about 3.6 ms a request to score and 20 us an exposure to learn (~5 min), river LR-FTRL
-about 2-3 ms a request scored vectorised from river's weights and ~140 us an exposure learned by
-river (~3 min, plus ~30 s for river's own ``predict_proba_one`` on every 100th request, the check).
-``--no-peers`` leaves them out.
+The peers' cost, measured on KuaiRand-Pure with every user (``--max-requests 1000000 --train-until
+2022-05-02``: 66,768 replayed requests of 1000 candidates; 180,111 exposure samples learned, from
+the log's start) on 2 cores shared with other jobs (load 4-5; ``bench/results/quality-peers.json``,
+81 min in all, 40 of them the teacher's scoring): Vowpal Wabbit 11.6 ms a request to score
+(3.6-5 ms on a quiet machine) and 133 us an exposure to learn, 13.3 min; river LR-FTRL 1.2 ms a
+request scored vectorised from river's weights and 534 us an exposure learned by river, 2.9 min,
+plus 35 s for river's own ``predict_proba_one`` on every 100th request (53 ms a request; the
+check: largest difference 0.0). ``--no-peers`` leaves them out.
 """
 
 from __future__ import annotations

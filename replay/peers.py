@@ -9,16 +9,16 @@ learn), the same events the fine ranker learns, instead of the funnel's cascade 
 
 * :class:`VowpalWabbitArm`: ``vowpalwabbit.Workspace`` in process, text examples, one
   ``learn`` per exposure. A request's candidates are parsed as one multi-line text and predicted
-  example by example (3.6 us a candidate; ``Workspace.predict(str)`` per candidate costs 12.6 us
-  for the same number, see the tests).
+  example by example (3.6 us a candidate on a quiet machine; ``Workspace.predict(str)`` per
+  candidate costs 12.6 us for the same number, see the tests).
 * :class:`RiverFTRLArm`: ``river.linear_model.LogisticRegression(optimizer=FTRLProximal(...))``;
-  river itself learns every exposure (``learn_one``). ``predict_proba_one`` per candidate costs
-  ~31 us with the feature dict (~31 ms a request of 1000, ~35 min for the 66,768 replayed
-  requests of KuaiRand-Pure from 05-02), so scoring reads river's own weights back after each
-  ``learn_one`` and sums them vectorised over the candidates (``intercept + sum w[k]``, what
-  river's ``_raw_dot_one`` computes for 0/1 features). Every ``check_every``-th request is also
-  scored with ``predict_proba_one``; the report gives the largest probability difference and
-  river's own cost per request on that slice.
+  river itself learns every exposure (``learn_one``). ``predict_proba_one`` costs 37-53 us a
+  candidate with the feature dict (53 ms a request of 1000 in the full run: ~59 min for its 66,768
+  replayed requests), so scoring reads river's own weights back after each ``learn_one`` and sums
+  them vectorised over the candidates (``intercept + sum w[k]``, what river's ``_raw_dot_one``
+  computes for 0/1 features; 0.6-1.2 ms a request). Every ``check_every``-th request is also
+  scored with ``predict_proba_one``; the report gives the largest probability difference (0.0
+  over 668 requests of the full run) and river's own cost per request on that slice.
 
 >>> from models.features import ItemFeatures, UserFeatures
 >>> features = PeerFeatures(n_history=2)
