@@ -367,3 +367,47 @@ def test_a_client_that_disconnects_mid_body_leaves_no_error(serving):
     assert "Traceback" not in logged and "ConnectionResetError" not in logged, logged[-3000:]
     assert "Error handling request" not in logged, logged[-3000:]
     serving.assert_alive_and_answering(start)
+
+
+# --- the trainer's loop: a record that cannot be learned (no broker needed) --------------------
+def test_a_record_the_trainer_cannot_learn_is_set_aside_and_the_others_are_learned(monkeypatch):
+    from prometheus_client import CollectorRegistry
+
+    from agents import trainer as trainer_module
+    from agents.trainer import Trainer, TrainerState
+    from core.settings import Settings
+    from funnel.dedupe import RecentIds
+    from funnel.training import ProgressiveAUC, new_learner
+    from monitoring.metrics import PrerankMetrics
+    from tests.reliability.harness import funnel_events
+
+    settings = derive(Settings(_env_file=None), model={"hidden_dim": 16, "output_dim": 8, "embedding_dim": 4})
+    trainer = Trainer.__new__(Trainer)
+    trainer.settings, trainer.publisher = settings, None
+    trainer.metrics = PrerankMetrics(CollectorRegistry())
+    trainer.state = TrainerState(new_learner(settings), RecentIds(100))
+    trainer.progressive = ProgressiveAUC()
+    records = [_record(rank) for rank in funnel_events(4)[0]]
+    real = trainer_module.sample_from_record
+
+    def poisoned(record):
+        if record.request_id == "req2":
+            raise ValueError("this record cannot be learned")
+        return real(record)
+
+    monkeypatch.setattr(trainer_module, "sample_from_record", poisoned)
+    result = trainer.learn(records)
+    assert [(index, type(exc).__name__) for index, exc in result["failed"]] == [(2, "ValueError")]
+    assert trainer.state.counters["records"] == 3 and "req2" not in trainer.state.learned
+    assert result["samples"] > 0 and "loss" in result
+
+
+def _record(rank):
+    """The training record the joiner would emit for a rank-scores record (no impressions)."""
+    from funnel.convert import record_from_sample, user_from_snapshot
+    from funnel.labels import LabelConfig, build_request_sample
+    from models.features import ItemFeatures
+
+    sample = build_request_sample(rank.request_id, rank.ts_ms, user_from_snapshot(rank.user),
+                                  [ItemFeatures(i) for i in rank.candidates], rank.items, [], LabelConfig())
+    return record_from_sample(sample, rank.user)
