@@ -54,7 +54,7 @@ def create_faust_app(
     worker.data_dir.mkdir(parents=True, exist_ok=True)
     # Faust's table views (/table/<name>/<key>/ returns a stored user profile) and its router
     # (the cluster's topology) are off unless configured: the worker's own pages (POST /score) stay.
-    tables_web = bool(getattr(worker, "web_tables_enabled", False))
+    tables_web = worker.web_tables_enabled
     app = faust.App(
         app_id or worker.app_id,
         broker=faust_brokers(settings.kafka),

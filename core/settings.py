@@ -119,6 +119,7 @@ class WorkerSettings(BaseModel):
     app_id: str = "prerank"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    web_tables_enabled: bool = False  # Faust's /table/... views expose stored user profiles: off unless asked
     metrics_port: int = 9464
     metrics_host: str = "127.0.0.1"
     store: str = "memory://"

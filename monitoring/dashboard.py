@@ -135,6 +135,10 @@ ROWS = (
             Query(f"sum by (topic, reason) (rate(prerank_dead_letters_total{_RATE}))",
                   "{{topic}} {{reason}}"),
         )),
+        Panel("Agent errors (records set aside, the agent went on)", "short", (
+            Query(f"sum by (agent) (rate(prerank_agent_errors_total{_RATE}))", "{{agent}}"),
+            Query(f"sum by (agent) (rate(prerank_dead_letter_failures_total{_RATE}))", "dead letter not sent {{agent}}"),
+        ), description="A record an agent could not process became a dead letter; the worker never exits on data."),
         Panel("Joiner: late, orphan, duplicate", "short", (
             Query(f"sum by (event) (rate(prerank_joiner_events_total{_RATE}))", "{{event}}"),
             Query(f"sum(rate(prerank_joiner_records_total{_RATE}))", "records"),
