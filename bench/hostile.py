@@ -58,7 +58,6 @@ class HostileConfig:
 def _cases(n: int, seed: int):
     from tests.reliability.hostile import any_hostile_record, draw_examples, http_bodies
 
-    random.seed(seed)
     return draw_examples(any_hostile_record(), n), draw_examples(http_bodies(), max(50, n // 10))
 
 
@@ -78,6 +77,29 @@ def _maximal_request(request_id: str, ts_ms: int) -> bytes:
     stem = "候選-ß-🎬-"
     candidates = [(f"{i}-" + stem * MAX_ID_CHARS)[:MAX_ID_CHARS] for i in range(MAX_CANDIDATES)]
     return _request(request_id, "maximal-user", candidates, min(1000, MAX_CANDIDATES), ts_ms)
+
+
+def _send_at_the_bounds(producer, settings, tick: int, now_ms: int, expected: Counter) -> list[str]:
+    """Size amplification: valid records at the schemas' bounds and records just past them (the
+    hostile suite's builders); returns the ids of the score requests that must be answered."""
+    from tests.reliability import hostile
+
+    name = settings.topics.name
+    user = f"bound-user-{tick}"
+    audited = hostile.audited_request_id(f"oversized-{tick}-", settings.worker.audit_every or 20)
+    producer.send(name("score-requests"), key=user.encode(),
+                  value=hostile.oversized_response_request(audited, user, now_ms))
+    producer.send(name("score-requests"), key=b"maximal-user", value=_maximal_request(f"maximal-{tick}", now_ms))
+    producer.send(name("rank-scores"), key=user.encode(),
+                  value=hostile.maximal_rank_scores(f"ranked-{tick}", user, now_ms))
+    producer.send(name("impressions"), key=user.encode(), value=hostile.over_the_input_limit())
+    for agent in ("history", "joiner"):
+        expected[(name("impressions"), agent)] += 1
+    for value in [*hostile.unknown_field_records(user, 20, prefix=f"injected{tick}"),
+                  hostile.huge_field_name_record(user)]:
+        producer.send(name("user-profiles"), key=user.encode(), value=value)
+        expected[(name("user-profiles"), "profiles")] += 1
+    return [audited, f"maximal-{tick}"]
 
 
 class _Reader:
@@ -179,10 +201,7 @@ def run(config: HostileConfig, settings=None) -> dict:
                               value=_request(request_id, user, candidates, rng.randrange(1, 120), now_ms))
                 sent_requests.append(request_id)
             if tick % config.maximal_every_ticks == 0:
-                request_id = f"maximal-{tick}"
-                producer.send(settings.topics.name("score-requests"), key=b"maximal-user",
-                              value=_maximal_request(request_id, now_ms))
-                sent_requests.append(request_id)
+                sent_requests.extend(_send_at_the_bounds(producer, settings, tick, now_ms, expected))
             for i in range(config.http_per_tick):
                 _, body = bodies[(tick * config.http_per_tick + i) % len(bodies)]
                 http_status[_post(settings.worker.web_port, body[:MAX_HTTP_BODY])] += 1
