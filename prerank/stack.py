@@ -223,7 +223,7 @@ class Kafka(Service):
         """``server.properties``; with ``stack.kafka_ssl_port`` set, an ``SSL`` client listener too.
 
         >>> from core.settings import StackSettings
-        >>> plain = Kafka("kafka", Settings(_env_file=None)).properties().splitlines()
+        >>> plain = Kafka("kafka", Settings(_env_file=None, stack=StackSettings())).properties().splitlines()
         >>> [line for line in plain if line.startswith(("listeners", "advertised", "listener.", "ssl."))]
         ['listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093', 'advertised.listeners=PLAINTEXT://127.0.0.1:19092', 'listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT']
         >>> tls = StackSettings(kafka_ssl_port=19094, kafka_ssl_keystore="/k.p12", kafka_ssl_password="pw")

@@ -70,6 +70,7 @@ def delete_topics(kafka_config: dict, prefixes: tuple[str, ...]) -> list[str]:
     topics, Faust's changelogs included); returns the names. A long-lived broker otherwise keeps
     thousands of partitions and, on 2 cores, stalls re-electing them."""
     from kafka.admin import KafkaAdminClient
+    from kafka.errors import UnknownTopicOrPartitionError
 
     if not prefixes or any(not prefix for prefix in prefixes):
         raise ValueError(f"refusing to delete topics by an empty prefix: {prefixes!r}")
@@ -77,7 +78,16 @@ def delete_topics(kafka_config: dict, prefixes: tuple[str, ...]) -> list[str]:
     try:
         doomed = sorted(name for name in admin.list_topics() if name.startswith(prefixes))
         if doomed:
-            admin.delete_topics(doomed)
+            try:
+                admin.delete_topics(doomed)
+            except UnknownTopicOrPartitionError:
+                # Some were being deleted already (the list still shows a topic until its deletion
+                # completes): the others of the request were deleted; each one left is tried alone.
+                for name in doomed:
+                    try:
+                        admin.delete_topics([name])
+                    except UnknownTopicOrPartitionError:
+                        pass  # already gone
         return doomed
     finally:
         admin.close()
