@@ -235,6 +235,11 @@ def run(config: LoadConfig, settings=None) -> dict:
                     break
                 if time.monotonic() > deadline:
                     break
+        # One sample when the backlog has drained: on a fast machine the overload can drain between
+        # two ticks, and its phase would have no memory figure at all.
+        timeline.append({"t_s": round(time.monotonic() - started, 1), "phase": traffic.phase,
+                         "rss_mb": round(_rss_bytes(worker.pid) / 2**20, 1),
+                         "backlog": len(traffic.sent) - len(traffic.answered)})
     finally:
         traffic.stop.set()
         worker.stop()
