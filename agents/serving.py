@@ -34,7 +34,7 @@ from funnel.labels import JoinConfig, LabelConfig, LabelJoin, build_request_samp
 from funnel.scoring import Scorer
 from funnel.store import ModelStore, open_store
 from models.served import ServedStudent
-from monitoring.metrics import PrerankMetrics
+from monitoring.metrics import CACHE_TIERS, PrerankMetrics
 from streams import (
     impressions,
     item_catalog,
@@ -320,45 +320,64 @@ def _install_scorer(runtime: Runtime, serving: Serving, snapshot) -> None:
     app = runtime.app
     worker = settings.worker
     scorer = Scorer(
-        serving.store, ServedStudent.from_bytes, dtype=worker.vector_dtype, lru_items=worker.local_cache_items,
+        serving.store, ServedStudent.from_bytes, computed_items=worker.local_cache_items,
         max_candidates=worker.max_candidates, max_k=worker.max_k,
         easy_negatives=settings.model.easy_negatives, audit_every=worker.audit_every, catalog=serving.catalog,
     )
     metrics = serving.metrics
 
-    def answer(request: ScoreRequest) -> ScoreResponse:
-        started = time.perf_counter()
+    def user_features(request: ScoreRequest):
         user = snapshot(request.user_id, request.ts_ms, request.context.tab)
         hour, weekday = request.context.hour, request.context.weekday
         if hour == 0 and weekday == 0:
             hour, weekday = local_hour_and_weekday(request.ts_ms, serving.history_config.utc_offset_hours)
-        user = type(user)(**{**user.__dict__, "hour": hour, "weekday": weekday})
-        response = scorer.score(request, user)
+        return type(user)(**{**user.__dict__, "hour": hour, "weekday": weekday})
+
+    def answer_many(requests: list[ScoreRequest]) -> list[ScoreResponse]:
+        """The responses to a batch, each with its user snapshot attached, counted in the metrics.
+        Raises if the batch cannot be scored (the caller then answers one by one)."""
+        started = time.perf_counter()
+        users = [user_features(request) for request in requests]
+        features_s = time.perf_counter() - started
+        responses = scorer.score_many(requests, users)
         elapsed = time.perf_counter() - started
-        metrics.scorer_requests_total.inc()
-        if response.error:
-            metrics.scorer_errors_total.labels(reason=_error_reason(response.error)).inc()
-        else:
-            metrics.scorer_latency_seconds.observe(elapsed)
-            metrics.scorer_candidates.observe(len(request.candidates))
-            metrics.observe_item_vectors(**{tier: response.cache_tiers.get(tier, 0)
-                                            for tier in ("local", "redis", "computed")})
-        return response.model_copy(update={"latency_ms": elapsed * 1000, "ts_ms": request.ts_ms,
-                                           "user": snapshot_from_user(user)})
+        stages = {"user_features": features_s, **scorer.stage_s}
+        scorer.stage_s = dict.fromkeys(scorer.stage_s, 0.0)
+        metrics.add_scorer_stages(stages)
+        out = []
+        for request, user, response in zip(requests, users, responses):
+            metrics.scorer_requests_total.inc()
+            if response.error:
+                metrics.scorer_errors_total.labels(reason=_error_reason(response.error)).inc()
+            else:
+                metrics.scorer_latency_seconds.observe(elapsed / len(requests))
+                metrics.scorer_candidates.observe(len(request.candidates))
+                metrics.observe_item_vectors(**{tier: response.cache_tiers.get(tier, 0) for tier in CACHE_TIERS})
+            out.append(response.model_copy(update={"latency_ms": elapsed * 1000, "ts_ms": request.ts_ms,
+                                                   "user": snapshot_from_user(user)}))
+        return out
+
+    def answer(request: ScoreRequest) -> ScoreResponse:
+        return answer_many([request])[0]
 
     def error_response(request: ScoreRequest, error: str) -> ScoreResponse:
         return ScoreResponse(request_id=request.request_id[:256], user_id=request.user_id[:256],
                              error=bounded(error, 500), ts_ms=request.ts_ms,
                              model_version=-1 if scorer.version is None else scorer.version)
 
-    async def respond(event, request: ScoreRequest, response: ScoreResponse) -> None:
-        """Send the response; one that cannot be encoded or sent (over the budget, refused) is
-        replaced by an error response saying why, and a request that cannot be answered even so
-        becomes a dead letter."""
+    async def respond(event, request: ScoreRequest, response: ScoreResponse, stages: dict[str, float]) -> None:
+        """Send the response (queued for the producer, not awaited); one that cannot be encoded or
+        sent (over the budget, refused) is replaced by an error response saying why, and a request
+        that cannot be answered even so becomes a dead letter."""
         topic = runtime.topic("score_responses")
         key = request.user_id.encode()
         try:
-            await topic.send(key=key, value=score_responses.CODEC.encode(response))
+            started = time.perf_counter()
+            value = score_responses.CODEC.encode(response)
+            encoded = time.perf_counter()
+            await topic.send(key=key, value=value)
+            stages["encode"] += encoded - started
+            stages["produce"] += time.perf_counter() - encoded
             return
         except asyncio.CancelledError:
             raise
@@ -378,9 +397,10 @@ def _install_scorer(runtime: Runtime, serving: Serving, snapshot) -> None:
                                   offset=event.message.offset, key=event.key, value=event.value,
                                   what="error response to request")
 
-    @app.agent(runtime.topic("score_requests"), name="scorer")
-    async def scorer_agent(stream):
-        async for event in stream.events():
+    async def decoded(events) -> list[tuple[object, ScoreRequest]]:
+        """The batch's valid requests with their events; each invalid one is a dead letter."""
+        valid = []
+        for event in events:
             async with runtime.isolated("scorer", event):
                 try:
                     request = score_requests.CODEC.decode(
@@ -394,14 +414,43 @@ def _install_scorer(runtime: Runtime, serving: Serving, snapshot) -> None:
                 if not await runtime.check_user_key(request, event, "scorer"):
                     metrics.scorer_errors_total.labels(reason="invalid_request").inc()
                     continue
-                try:
-                    response = answer(request)
-                except Exception as exc:  # noqa: BLE001 - one bad request must not kill the agent
-                    log.error("scoring request %.80s failed: %s\n%s", request.request_id,
-                              bounded(f"{type(exc).__name__}: {exc}"), frames(exc))
-                    metrics.scorer_errors_total.labels(reason="internal").inc()
-                    response = error_response(request, f"internal error: {type(exc).__name__}")
-                await respond(event, request, response)
+                valid.append((event, request))
+        return valid
+
+    def answered_one_by_one(requests: list[ScoreRequest]) -> list[ScoreResponse]:
+        responses = []
+        for request in requests:
+            try:
+                responses.append(answer(request))
+            except Exception as exc:  # noqa: BLE001 - one bad request must not kill the agent
+                log.error("scoring request %.80s failed: %s\n%s", request.request_id,
+                          bounded(f"{type(exc).__name__}: {exc}"), frames(exc))
+                metrics.scorer_errors_total.labels(reason="internal").inc()
+                responses.append(error_response(request, f"internal error: {type(exc).__name__}"))
+        return responses
+
+    @app.agent(runtime.topic("score_requests"), name="scorer")
+    async def scorer_agent(stream):
+        # Requests are taken in batches of what has arrived (up to worker.scorer_batch, waiting at
+        # most worker.scorer_batch_wait_s for more): the user tower runs once per batch.
+        async for events in stream.take_events(worker.scorer_batch, within=worker.scorer_batch_wait_s):
+            started = time.perf_counter()
+            batch = await decoded(events)
+            decode_s = time.perf_counter() - started
+            if not batch:
+                continue
+            requests = [request for _, request in batch]
+            try:
+                responses = answer_many(requests)
+            except Exception as exc:  # noqa: BLE001 - the batch failed: find the request that did
+                log.warning("scoring a batch of %d failed, answering one by one: %s", len(requests),
+                            bounded(f"{type(exc).__name__}: {exc}"))
+                responses = answered_one_by_one(requests)
+            stages = {"decode": decode_s, "encode": 0.0, "produce": 0.0}
+            for (event, request), response in zip(batch, responses):
+                async with runtime.isolated("scorer", event):
+                    await respond(event, request, response, stages)
+            metrics.add_scorer_stages(stages)
 
     class ScoreView(faust_web.View):
         """``POST /score`` with a JSON score request: 400 bad input, 411 no length, 413 huge body."""
@@ -445,9 +494,10 @@ def _install_scorer(runtime: Runtime, serving: Serving, snapshot) -> None:
     @app.timer(interval=0.5)
     async def refresh_version():
         # A timer that raises stops the worker: a failed check is logged and counted, the scorer
-        # keeps the model it holds, and the next tick checks again.
+        # keeps the model it holds, and the next tick checks again. The next version is read and
+        # built in a thread, off the event loop: requests go on with the current one until the swap.
         try:
-            scorer.refresh(force=True)
+            await asyncio.to_thread(scorer.refresh)
             if scorer.version is not None and scorer.version != reported_version[0]:
                 # the switch may have happened on a request's own check, between two ticks
                 metrics.set_model_version("scorer", scorer.version, time.time())

@@ -84,7 +84,7 @@ def private_stack(base: Settings, label: str, **worker_changes: Any) -> Iterator
         yield settings
     finally:
         _delete_topics(settings)
-        _delete_redis_keys(settings)
+        delete_redis_keys(settings)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -104,7 +104,7 @@ def _delete_topics(settings: Settings) -> None:
         admin.close()
 
 
-def _delete_redis_keys(settings: Settings) -> None:
+def delete_redis_keys(settings: Settings) -> None:
     from core.redis import redis_client
 
     client = redis_client(settings.redis)

@@ -154,14 +154,18 @@ class Background(threading.Thread):
             self.halt.wait(max(0.0, due - time.monotonic()))
 
 
-def wait_readable(store, item_id: str, dtype: str, timeout_s: float, workers) -> tuple[float, int] | None:
+def wait_readable(store, item_id: str, timeout_s: float, workers) -> tuple[float, int] | None:
     """(perf_counter when first read, version) once the current version has the item's vector."""
     deadline = time.monotonic() + timeout_s
     checks = 0
+    looked_at = None  # a version is read whole once: it never changes
     while time.monotonic() < deadline:
         version = store.current_version()
-        if version is not None and store.vectors(version, [item_id], dtype)[0] is not None:
-            return time.perf_counter(), version
+        if version is not None and version != looked_at:
+            looked_at = version
+            published = store.version_vectors(version)
+            if published is not None and item_id in published[0]:
+                return time.perf_counter(), version
         checks += 1
         if checks % 50 == 0:
             for worker in workers:
@@ -226,7 +230,7 @@ def measure(settings: Settings, config: FreshnessConfig, folder: Path) -> dict:
                 for topic, key, value in records:
                     producer.send(topic, key=key, value=value)
                 producer.flush()
-                readable = wait_readable(store, item_id, dtype, config.probe_timeout_s, workers)
+                readable = wait_readable(store, item_id, config.probe_timeout_s, workers)
                 if index < 2 * config.warmup_probes:
                     continue
                 if readable is None:

@@ -137,7 +137,9 @@ class WorkerSettings(BaseModel):
     version_ttl_s: int = Field(default=3600, ge=10)
     max_candidates: int = Field(default=5000, ge=1)
     max_k: int = Field(default=1000, ge=1)
-    local_cache_items: int = Field(default=50_000, ge=0)
+    local_cache_items: int = Field(default=50_000, ge=0)  # vectors the scorer computes per version (unpublished items)
+    scorer_batch: int = Field(default=32, ge=1)  # score requests taken per agent step (one user-tower pass)
+    scorer_batch_wait_s: float = Field(default=0.003, gt=0)  # the most a request waits for its batch to fill
     catalog_items: int = Field(default=200_000, ge=1)  # item features held per worker (LRU over Redis)
     torch_threads: int = Field(default=1, ge=1)  # per worker process: workers share the cores
     teacher_path: Path | None = None  # the simulated fine ranker's model (written by `prerank replay`)

@@ -81,7 +81,7 @@ class ModelVersion:
     weights_bytes_unpruned: int  # what the export would be without pruning all-zero rows (computed)
     zero_row_ratio: float
     zero_row_ratio_by_table: Mapping[str, float]
-    deleted_items: int  # evicted items removed from every live version
+    deleted_items: int  # evicted items dropped from the published set
     publish_s: float = 0.0
 
     def meta(self) -> dict:
@@ -131,10 +131,7 @@ class Publisher:
             zero_row_ratio_by_table={name: zero_row_ratio([mask]) for name, mask in masks.items()},
             deleted_items=len(evicted),
         )
-        self.store.publish(
-            self.version, weights, [item.item_id for item in items], vectors, record.meta(), self.ttl_s,
-            deleted_ids=evicted,
-        )
+        self.store.publish(self.version, weights, [item.item_id for item in items], vectors, record.meta(), self.ttl_s)
         record = replace(record, publish_s=time.perf_counter() - started)
         log.info("published version %d: %d items in %.3fs", record.version, record.n_items, record.publish_s)
         return record

@@ -4,13 +4,18 @@ Keys under one prefix ``p``::
 
     p:current               the serving version (an integer), flipped last and atomically
     p:versions              sorted set of live versions (score = creation time)
-    p:v{N}:meta             JSON: created_at_ms, n_items, dtype, dim, samples_learned
+    p:v{N}:meta             JSON: created_at_ms, n_items, dtype, dim, blocks, samples_learned, ...
     p:v{N}:weights          the exported student (safetensors bytes, pruned)
-    p:v{N}:vec:{item_id}    one item vector, raw little-endian float16 or float32
+    p:v{N}:block:{b}        block b of the version's item vectors: msgpack ``{"ids": [...],
+                            "rows": bytes}``, rows raw little-endian float16 or float32, row i the
+                            vector of ids[i]
     p:item:{item_id}        catalog entry (JSON), written by the catalog agent
 
-Everything of version N is written before ``current`` points at N, so a scorer that reads
-``current`` and then version-N keys never mixes versions. Every key of a version expires.
+The vectors are written in blocks because scorers read a version whole (it stays resident in
+their process, ``funnel.scoring``): one MGET of a few large values instead of one key per item,
+and a block's ids and rows can never disagree. Everything of version N is written before
+``current`` points at N, so a scorer that reads ``current`` and then version-N keys never mixes
+versions. Every key of a version expires.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
+import msgpack
 import numpy as np
 
 from core.redis import redis_client
 from core.settings import RedisSettings
 from models.features import ItemFeatures
 
-CHUNK = 2000  # keys per pipelined MSET / MGET round trip
+BLOCK_ITEMS = 2048  # item vectors per block: ~2 MiB at 512-d float16
 
 
 class ModelStore:
@@ -37,8 +43,8 @@ class ModelStore:
     def key(self, *parts: object) -> str:
         return ":".join([self.prefix, *map(str, parts)])
 
-    def vector_key(self, version: int, item_id: str) -> str:
-        return f"{self.prefix}:v{version}:vec:{item_id}"
+    def block_key(self, version: int, block: int) -> str:
+        return f"{self.prefix}:v{version}:block:{block}"
 
     # --- versions -------------------------------------------------------------------------
     def current_version(self) -> int | None:
@@ -63,31 +69,28 @@ class ModelStore:
         vectors: np.ndarray,
         meta: dict,
         ttl_s: int,
-        deleted_ids: Iterable[str] = (),
     ) -> None:
         """Write version ``version`` completely, then flip ``current`` to it.
 
-        ``vectors`` has shape ``(len(item_ids), dim)`` and the dtype to store. ``deleted_ids``
-        (evicted or pruned items) are removed from every older live version so no scorer can
-        read them stale.
+        ``vectors`` has shape ``(len(item_ids), dim)`` and the dtype to store; ``meta`` gains
+        ``blocks`` (the number of vector blocks written), ``dim`` and ``dtype`` as written.
         """
         if vectors.shape[0] != len(item_ids):
             raise ValueError(f"{vectors.shape[0]} vectors for {len(item_ids)} item ids")
         prefix = self.key(f"v{version}")
+        blocks = range(0, len(item_ids), BLOCK_ITEMS)
         pipe = self.client.pipeline(transaction=False)
         pipe.set(f"{prefix}:weights", weights, ex=ttl_s)
-        for start in range(0, len(item_ids), CHUNK):
-            # execute_command skips set()'s option handling: about a quarter of the client's CPU per key.
-            for item_id, row in zip(item_ids[start:start + CHUNK], vectors[start:start + CHUNK]):
-                pipe.execute_command("SET", self.vector_key(version, item_id), row.tobytes(), "EX", ttl_s)
-            pipe.execute()
-        deleted = list(deleted_ids)
-        older = [v for v in self.live_versions() if v != version]
-        for old in older:
-            for start in range(0, len(deleted), CHUNK):
-                pipe.delete(*[self.vector_key(old, item) for item in deleted[start:start + CHUNK]])
-        pipe.set(f"{prefix}:meta", json.dumps(meta), ex=ttl_s)
+        for block, start in enumerate(blocks):
+            value = msgpack.packb({"ids": list(item_ids[start:start + BLOCK_ITEMS]),
+                                   "rows": np.ascontiguousarray(vectors[start:start + BLOCK_ITEMS]).tobytes()},
+                                  use_bin_type=True)
+            pipe.set(self.block_key(version, block), value, ex=ttl_s)
+        written = {"blocks": len(blocks), "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
+                   "dtype": str(vectors.dtype) if len(item_ids) else meta.get("dtype", str(vectors.dtype))}
+        pipe.set(f"{prefix}:meta", json.dumps({**meta, **written}), ex=ttl_s)
         pipe.execute()
+        older = [v for v in self.live_versions() if v != version]
         flip = self.client.pipeline(transaction=True)
         flip.set(self.key("current"), version)
         flip.zadd(self.key("versions"), {str(version): meta.get("created_at_ms", 0)})
@@ -99,33 +102,28 @@ class ModelStore:
         if gone:
             self.client.zrem(self.key("versions"), *gone)
 
-    def vectors(self, version: int, item_ids: Sequence[str], dtype: str) -> list[np.ndarray | None]:
-        """One pipelined MGET per chunk; ``None`` where the version has no vector."""
-        found: list[np.ndarray | None] = []
-        for start in range(0, len(item_ids), CHUNK):
-            keys = [self.vector_key(version, item) for item in item_ids[start:start + CHUNK]]
-            for raw in self.client.mget(keys):
-                found.append(None if raw is None else np.frombuffer(raw, dtype=dtype).astype(np.float32))
-        return found
-
-    def vector_rows(self, version: int, item_ids: Sequence[str], dtype: str) -> tuple[np.ndarray, np.ndarray]:
-        """The same MGETs as :meth:`vectors`, decoded at once.
-
-        Returns ``found`` (bool ``(len(item_ids),)``) and the found vectors as float32
-        ``(found.sum(), dim)``, in order: one join and one conversion instead of one
-        ``frombuffer`` + ``astype`` per item and a stack in the caller.
-        """
-        raws: list[bytes | None] = []
-        for start in range(0, len(item_ids), CHUNK):
-            raws.extend(self.client.mget([self.vector_key(version, item) for item in item_ids[start:start + CHUNK]]))
-        found = np.fromiter((raw is not None for raw in raws), dtype=bool, count=len(raws))
-        present = [raw for raw in raws if raw is not None]
-        if not present:
-            return found, np.zeros((0, 0), dtype=np.float32)
-        if len({len(raw) for raw in present}) != 1:
-            raise ValueError(f"version {version}: item vectors of different sizes")
-        flat = np.frombuffer(b"".join(present), dtype=dtype)
-        return found, flat.reshape(len(present), -1).astype(np.float32)
+    def version_vectors(self, version: int, meta: dict | None = None) -> tuple[list[str], np.ndarray] | None:
+        """Every item vector of a version: ``(ids, rows)``, rows of the stored dtype, shape
+        ``(len(ids), dim)``, in one MGET of its blocks; None when the version (or a block of it)
+        has expired. ``meta`` saves its read when the caller has it."""
+        meta = self.meta(version) if meta is None else meta
+        if meta is None:
+            return None
+        dtype, dim = meta.get("dtype", "float16"), int(meta.get("dim", 0))
+        keys = [self.block_key(version, block) for block in range(int(meta.get("blocks", 0)))]
+        raws = self.client.mget(keys) if keys else []
+        if any(raw is None for raw in raws):
+            return None
+        ids: list[str] = []
+        parts = []
+        for raw in raws:
+            block = msgpack.unpackb(raw, raw=False)
+            ids.extend(block["ids"])
+            parts.append(block["rows"])
+        rows = np.frombuffer(b"".join(parts), dtype=dtype)
+        if len(ids) and rows.size != len(ids) * dim:
+            raise ValueError(f"version {version}: {rows.size} values for {len(ids)} vectors of {dim}")
+        return ids, rows.reshape(len(ids), dim)
 
     # --- catalog --------------------------------------------------------------------------
     def put_items(self, items: Iterable[ItemFeatures]) -> None:

@@ -71,7 +71,13 @@ ROWS = (
         Panel("Item vectors by cache tier", "percentunit", (
             Query(f"sum by (tier) (rate(prerank_scorer_item_vectors_total{_RATE})) / ignoring (tier) "
                   f"group_left sum(rate(prerank_scorer_item_vectors_total{_RATE}))", "{{tier}}"),
-        ), description="Share of item vectors from the local LRU, Redis, or computed on a miss."),
+        ), description="Share of item vectors held in process (the version's resident set, or computed "
+                       "earlier for this version) and computed by the item tower now."),
+        Panel("Scorer CPU per request by stage", "s", (
+            Query(f"sum by (stage) (rate(prerank_scorer_stage_seconds_total{_RATE})) / ignoring (stage) "
+                  f"group_left sum(rate(prerank_scorer_requests_total{_RATE}))", "{{stage}}"),
+        ), description="Where a request's time goes: decode, user features, user tower (once per batch), "
+                       "item vectors, product and top-k, response, encode, produce."),
         Panel("Candidates per request", "short", (
             Query(f"sum(rate(prerank_scorer_candidates_sum{_RATE})) / "
                   f"sum(rate(prerank_scorer_candidates_count{_RATE}))", "mean"),

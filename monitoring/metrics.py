@@ -13,7 +13,8 @@ Which agent updates which metric
 agent      metrics (attribute names; the exposed name is ``prerank_`` + attribute)
 =========  ==================================================================================
 scorer     ``scorer_latency_seconds``, ``scorer_candidates``, ``scorer_item_vectors_total``
-           {tier}, ``scorer_requests_total``, ``scorer_errors_total`` {reason},
+           {tier}, ``scorer_stage_seconds_total`` {stage}, ``scorer_requests_total``,
+           ``scorer_errors_total`` {reason},
            ``model_version`` and ``model_version_age_seconds`` {agent="scorer"}
 trainer    ``trainer_samples_total`` {mode}, ``trainer_loss`` {mode}, ``trainer_batch_seconds``,
            ``trainer_duplicate_records_total``,
@@ -43,7 +44,7 @@ Examples
 >>> metrics.scorer_item_vectors_total.labels(tier="local").inc(990)
 >>> registry.get_sample_value("prerank_scorer_item_vectors_total", {"tier": "local"})
 990.0
->>> registry.get_sample_value("prerank_scorer_item_vectors_total", {"tier": "redis"})
+>>> registry.get_sample_value("prerank_scorer_item_vectors_total", {"tier": "computed"})
 0.0
 >>> registry.get_sample_value("prerank_scorer_latency_seconds_bucket", {"le": "0.0015"})
 1.0
@@ -61,11 +62,13 @@ from monitoring import buckets
 from monitoring.exceptions import UnknownLabelValueError
 
 AGENTS = ("joiner", "history", "trainer", "publisher", "scorer")
-CACHE_TIERS = ("local", "redis", "computed")
+CACHE_TIERS = ("local", "computed")  # in process (resident or cached), or the item tower now
 FEEDBACK_LABELS = ("click", "long_view")
 RECALL_AT_K = (50, 100, 200)
 JOIN_EVENTS = ("late", "orphan", "duplicate", "ahead")
 LOSS_MODES = ("cascade", "distill", "impressions")
+SCORER_STAGES = ("decode", "user_features", "user_tower", "item_vectors", "product_top_k", "response", "encode",
+                 "produce")  # a request's CPU, in order: the agent's stages around funnel.scoring's
 SCORER_ERROR_REASONS = ("invalid_request", "too_many_candidates", "no_model", "response_too_large", "internal")
 #: Why a record became a dead letter: never the error's text, which is the sender's to choose.
 #: ``invalid_json`` / ``invalid_msgpack``: the bytes do not parse; ``schema``: a field is missing,
@@ -130,6 +133,11 @@ class PrerankMetrics:
             "Item vectors used by the scorer, by the cache tier that supplied them "
             "(local LRU hit, Redis hit, or computed by the item tower on a miss).",
             ["tier"], registry=registry,
+        )
+        self.scorer_stage_seconds_total = Counter(
+            "prerank_scorer_stage_seconds_total",
+            "Seconds the scorer spent per stage of its requests (divide by requests: the CPU breakdown).",
+            ["stage"], registry=registry,
         )
         self.scorer_requests_total = Counter(
             "prerank_scorer_requests_total", "Score requests handled (answered or failed).",
@@ -213,7 +221,7 @@ class PrerankMetrics:
         )
         self.publish_deleted_items_total = Counter(
             "prerank_publish_deleted_items_total",
-            "Item vectors deleted (evicted or pruned items), so none is served stale.",
+            "Evicted items dropped from the published vector set.",
             registry=registry,
         )
         self.freshness_seconds = Histogram(
@@ -262,6 +270,8 @@ class PrerankMetrics:
     def _create_children(self) -> None:
         for tier in CACHE_TIERS:
             self.scorer_item_vectors_total.labels(tier=tier)
+        for stage in SCORER_STAGES:
+            self.scorer_stage_seconds_total.labels(stage=stage)
         for reason in SCORER_ERROR_REASONS:
             self.scorer_errors_total.labels(reason=reason)
         for mode in LOSS_MODES:
@@ -274,19 +284,32 @@ class PrerankMetrics:
 
     # Helpers where a metric needs more than one call, or a checked label.
 
-    def observe_item_vectors(self, local: int, redis: int, computed: int) -> None:
+    def observe_item_vectors(self, local: int, computed: int) -> None:
         """Count one request's item vectors by the tier that supplied them.
 
         >>> from prometheus_client import CollectorRegistry
         >>> metrics = PrerankMetrics(CollectorRegistry())
-        >>> metrics.observe_item_vectors(local=900, redis=80, computed=20)
+        >>> metrics.observe_item_vectors(local=980, computed=20)
         >>> metrics.registry.get_sample_value("prerank_scorer_item_vectors_total", {"tier": "computed"})
         20.0
         """
-        for tier, count in (("local", local), ("redis", redis), ("computed", computed)):
+        for tier, count in (("local", local), ("computed", computed)):
             if count < 0:
                 raise ValueError(f"{tier} count must be >= 0, got {count}")
             self.scorer_item_vectors_total.labels(tier=tier).inc(count)
+
+    def add_scorer_stages(self, seconds: dict[str, float]) -> None:
+        """Add seconds per stage (names of :data:`SCORER_STAGES`) to the breakdown.
+
+        >>> from prometheus_client import CollectorRegistry
+        >>> metrics = PrerankMetrics(CollectorRegistry())
+        >>> metrics.add_scorer_stages({"decode": 0.25, "encode": 0.5})
+        >>> metrics.registry.get_sample_value("prerank_scorer_stage_seconds_total", {"stage": "encode"})
+        0.5
+        """
+        for stage, spent in seconds.items():
+            if spent:
+                self.scorer_stage_seconds_total.labels(stage=_check("stage", stage, SCORER_STAGES)).inc(spent)
 
     def set_progressive_auc(self, label: str, auc: float) -> None:
         """Record the student's progressive AUC for ``label`` (click or long_view)."""

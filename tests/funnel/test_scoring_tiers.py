@@ -1,4 +1,5 @@
-"""The scorer's vector tiers: the LRU keeps the last vector put per id, Redis rows decode in order."""
+"""The scorer's vector tiers: the version's published vectors resident, the others computed once
+per version; the LRU keeps the last vector put per id; blocks read back in order."""
 
 from __future__ import annotations
 
@@ -49,30 +50,29 @@ class FakeRedis:
         return [self.data.get(k) for k in keys]
 
 
-def test_scorer_tiers_give_the_stored_and_the_computed_vectors():
+def test_scorer_tiers_give_the_published_and_the_computed_vectors():
     student = ServedStudent(TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1)))
     items = [ItemFeatures(f"i{k}", author_id=f"a{k % 3}", tags=("t",)) for k in range(10)]
-    store = ModelStore(FakeRedis(), "p")
     published = student.item_vectors(items[:6]).astype(np.float16)
-    store.client.data["p:current"] = b"1"
-    for item, vector in zip(items[:6], published):
-        store.client.data[store.vector_key(1, item.item_id)] = vector.tobytes()
-    scorer = Scorer(store, lambda _: student, lru_items=4, audit_every=0)
-    scorer.model, scorer.version = student, 1
+    scorer = Scorer(ModelStore(FakeRedis(), "p"), lambda _: student, computed_items=4, audit_every=0)
+    serving = scorer.install(1, student, [item.item_id for item in items[:6]], published)
     for item in items:
         scorer.catalog.put(item)
     ids = ["i0", "i7", "i1", "i9", "i1", "zz"]
-    vectors, tiers, unknown = scorer._item_vectors(ids)
-    assert tiers == {"local": 0, "redis": 3, "computed": 3} and unknown == 1
+    vectors, tiers, unknown = scorer._item_vectors(serving, ids)
+    assert tiers == {"local": 3, "computed": 3} and unknown == 1
     expected = {i.item_id: v.astype(np.float32) for i, v in zip(items[:6], published)}
     computed = student.item_vectors([items[7], items[9], ItemFeatures("zz")])
     expected.update({"i7": computed[0], "i9": computed[1], "zz": computed[2]})
     np.testing.assert_array_equal(vectors, np.stack([expected[i] for i in ids]))
-    again, tiers, _ = scorer._item_vectors(ids)  # the LRU (4 slots) now serves some of them
-    assert tiers["local"] > 0 and tiers["local"] + tiers["redis"] + tiers["computed"] == len(ids)
+    again, tiers, _ = scorer._item_vectors(serving, ids)  # computed once: the version's LRU serves them now
+    assert tiers == {"local": 6, "computed": 0}
     np.testing.assert_allclose(again, vectors, rtol=0, atol=0)
     response = scorer.score(ScoreRequest(request_id="r", user_id="u", ts_ms=0, candidates=ids, k=3), UserFeatures("u"))
     assert response.error is None and len(response.items) == 3
+    scorer.install(2, student, [item.item_id for item in items[:6]], published)
+    _, tiers, _ = scorer._item_vectors(scorer.serving, ids)  # a new version computes its own
+    assert tiers == {"local": 3, "computed": 3}
 
 
 class FakePipelineRedis(FakeRedis):
@@ -125,26 +125,50 @@ class FakePipelineRedis(FakeRedis):
 
 def test_published_vectors_read_back_in_order_with_their_ttl():
     store = ModelStore(FakePipelineRedis(), "p")
-    ids = [f"i{k}" for k in range(5000)]  # more than one chunk
+    ids = [f"i{k}" for k in range(5000)]  # three blocks
     vectors = np.random.default_rng(0).normal(size=(5000, 8)).astype(np.float16)
-    store.publish(3, b"weights", ids, vectors, {"created_at_ms": 1}, ttl_s=77)
+    store.publish(3, b"weights", ids, vectors, {"created_at_ms": 1, "dtype": "float16", "dim": 8}, ttl_s=77)
     assert store.current_version() == 3 and store.weights(3) == b"weights"
-    assert store.client.ttl[store.vector_key(3, "i4999")] == 77
-    found, rows = store.vector_rows(3, ["i7", "missing", "i4999", "i7"], "float16")
-    assert found.tolist() == [True, False, True, True]
-    np.testing.assert_array_equal(rows, vectors[[7, 4999, 7]].astype(np.float32))
-    assert [v is None for v in store.vectors(3, ["i7", "missing"], "float16")] == [False, True]
+    assert store.meta(3)["blocks"] == 3 and store.client.ttl[store.block_key(3, 2)] == 77
+    read_ids, rows = store.version_vectors(3)
+    assert read_ids == ids
+    np.testing.assert_array_equal(rows, vectors)
+    del store.client.data[store.block_key(3, 1)]  # a block expired: the version is not whole any more
+    assert store.version_vectors(3) is None
+
+
+def test_a_version_switch_keeps_serving_the_old_version_until_the_new_one_is_whole():
+    """The scorer reads a new version completely before it swaps: a request between the two sees
+    the old version's model and vectors, never one with the other's."""
+    config = TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1)
+    old, new = (ServedStudent(TwoTowerStudent(TwoTowerConfig(**{**config.__dict__, "seed": s}))) for s in (1, 2))
+    items = [ItemFeatures(f"i{k}") for k in range(5)]
+    store = ModelStore(FakePipelineRedis(), "p")
+    models = {b"old": old, b"new": new}
+    scorer = Scorer(store, models.__getitem__, audit_every=0)
+    for version, name, model in ((1, b"old", old), (2, b"new", new)):
+        store.publish(version, name, [i.item_id for i in items], model.item_vectors(items).astype(np.float16),
+                      {"created_at_ms": version, "dtype": "float16", "dim": 6}, ttl_s=60)
+        if version == 1:
+            assert scorer.refresh() and scorer.version == 1
+    del store.client.data[store.block_key(2, 0)]  # version 2 is current but not readable whole
+    assert not scorer.refresh() and scorer.version == 1 and scorer.model is old
+    request = ScoreRequest(request_id="r", user_id="u", ts_ms=0, candidates=[i.item_id for i in items], k=5)
+    response = scorer.score(request, UserFeatures("u"))
+    assert response.model_version == 1 and response.cache_tiers == {"local": 5, "computed": 0}
+    expected = old.score(UserFeatures("u"), items)
+    np.testing.assert_allclose(sorted(i.score for i in response.items), sorted(expected), atol=2e-3)
 
 
 def test_a_scorer_without_a_model_picks_up_the_first_version_on_the_next_request():
     """No refresh pause while nothing is served: a request right after the first publish is answered."""
     student = ServedStudent(TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1)))
     store = ModelStore(FakeRedis(), "p")
-    scorer = Scorer(store, lambda _: student, refresh_interval_s=60.0, audit_every=0, clock=lambda: 0.0)
+    scorer = Scorer(store, lambda _: student, audit_every=0)
     request = ScoreRequest(request_id="r", user_id="u", ts_ms=0, candidates=["i0", "i1", "i2"], k=2)
     assert scorer.score(request, UserFeatures("u")).error == "no model version published yet"
     store.client.data.update({"p:current": b"1", "p:v1:weights": b"w", "p:v1:meta": b"{}"})
-    response = scorer.score(request, UserFeatures("u"))  # the clock has not moved
+    response = scorer.score(request, UserFeatures("u"))  # no timer has run: the request reads it
     assert response.error is None and response.model_version == 1 and len(response.items) == 2
 
 
@@ -152,7 +176,7 @@ def test_a_response_ranks_the_top_k_and_samples_easy_negatives_outside_it():
     student = ServedStudent(TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1, seed=3)))
     items = [ItemFeatures(f"i{k}", author_id=f"a{k % 7}", tags=(f"t{k % 5}",)) for k in range(60)]
     scorer = Scorer(ModelStore(FakeRedis(), "p"), lambda _: student, easy_negatives=8, audit_every=0)
-    scorer.model, scorer.version = student, 1
+    scorer.install(1, student)
     for item in items:
         scorer.catalog.put(item)
     request = ScoreRequest(request_id="r7", user_id="u", ts_ms=0, candidates=[i.item_id for i in items], k=5)
@@ -173,8 +197,8 @@ def test_a_response_ranks_the_top_k_and_samples_easy_negatives_outside_it():
 
 def _budget_scorer(**kwargs) -> Scorer:
     student = ServedStudent(TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1)))
-    scorer = Scorer(ModelStore(FakeRedis(), "p"), lambda _: student, lru_items=0, **kwargs)
-    scorer.model, scorer.version = student, 1
+    scorer = Scorer(ModelStore(FakeRedis(), "p"), lambda _: student, computed_items=0, **kwargs)
+    scorer.install(1, student)
     return scorer
 
 

@@ -101,13 +101,13 @@ def test_closed_label_sets_exist_at_zero(metrics):
 
 
 def test_item_vectors_by_tier(metrics):
-    metrics.observe_item_vectors(local=700, redis=250, computed=50)
-    metrics.observe_item_vectors(local=1, redis=0, computed=2)
+    metrics.observe_item_vectors(local=950, computed=50)
+    metrics.observe_item_vectors(local=1, computed=2)
     got = {t: metrics.registry.get_sample_value("prerank_scorer_item_vectors_total", {"tier": t})
            for t in CACHE_TIERS}
-    assert got == {"local": 701.0, "redis": 250.0, "computed": 52.0}
+    assert got == {"local": 951.0, "computed": 52.0}
     with pytest.raises(ValueError, match="computed"):
-        metrics.observe_item_vectors(local=1, redis=1, computed=-1)
+        metrics.observe_item_vectors(local=1, computed=-1)
 
 
 def test_checked_labels_reject_unknown_values(metrics):

@@ -42,7 +42,7 @@ def simulate(metrics: PrerankMetrics, rng: random.Random, tick: int) -> None:
         metrics.scorer_latency_seconds.observe(rng.lognormvariate(-7.0, 0.6))
         metrics.scorer_candidates.observe(rng.randint(800, 1200))
         metrics.scorer_requests_total.inc()
-    metrics.observe_item_vectors(local=rng.randint(800, 1000), redis=rng.randint(0, 150), computed=rng.randint(0, 20))
+    metrics.observe_item_vectors(local=rng.randint(800, 1000), computed=rng.randint(0, 20))
     metrics.scorer_errors_total.labels(reason="invalid_request").inc(rng.random() < 0.5)
     metrics.trainer_samples_total.labels(mode="cascade").inc(256)
     metrics.trainer_loss.labels(mode="cascade").set(0.4 + 0.1 * rng.random())

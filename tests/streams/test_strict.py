@@ -235,7 +235,7 @@ def test_the_scorers_responses_decode_strictly():
 
     student = _student()
     scorer = Scorer(ModelStore(_FakeRedis(), "p"), lambda _: student, easy_negatives=3, audit_every=1)
-    scorer.model, scorer.version = student, 4
+    scorer.install(4, student)
     request = ScoreRequest(request_id="r", user_id="u", ts_ms=9, candidates=[f"i{k}" for k in range(12)], k=4,
                            score_items=["i1"])
     user = UserFeatures("u", profile=MappingProxyType({"age": "3"}), tab=np.int64(2), hour=np.int64(4),
