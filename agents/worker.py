@@ -87,9 +87,9 @@ def run_worker(settings: Settings, agents: list[str], extra: list[str] | None = 
         if not watch.parent_alive():
             raise PrerankError(f"worker: parent process {parent_pid} is already gone")
         watch.start()
-    import torch
+    from core.threads import limit_threads
 
-    torch.set_num_threads(settings.worker.torch_threads)
+    limit_threads(settings.worker.torch_threads)
     web_port = settings.worker.web_port + index
     runtime, _, _ = build(settings, chosen, web_port=web_port)
     server = serve_metrics(REGISTRY, settings.worker.metrics_port + index, settings.worker.metrics_host)

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from core.threads import limit_threads
 from models.features import ItemFeatures
 from replay.arms import RankerArm, StudentArm
 from replay.candidates import CandidateConfig
@@ -174,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"unknown modes {sorted(unknown)}; choose from {MODES}", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
+    limit_threads(args.threads)
     started = time.perf_counter()
     dataset = load_dataset(args.data)
     load_s = time.perf_counter() - started

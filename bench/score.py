@@ -38,6 +38,7 @@ import torch
 
 from bench.common import delete_redis_keys, emit, environment, require_stack, summarize, with_changes
 from core.settings import Settings, load_settings
+from core.threads import limit_threads
 from funnel.metrics import top_k
 from funnel.publishing import Publisher
 from funnel.scoring import Scorer
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one request is one row: 1 is best)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    limit_threads(args.threads)
     config = ScoreBenchConfig(candidates=args.candidates, k=args.k, catalog_items=args.catalog, phases=args.phases,
                               phase_s=args.phase, switch_every_s=args.switch_every,
                               naive_requests=args.naive_requests, seed=args.seed)

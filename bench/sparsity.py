@@ -15,8 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 
+from core.threads import limit_threads
 from replay.grouping import group_requests
 from replay.load import load_dataset
 from replay.sparsity import DEFAULT_L1, plot, request_samples, sweep
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    limit_threads(1)
     max_requests = 1500 if args.quick else args.max_requests
     dataset = load_dataset(args.data)
     samples = request_samples(dataset, group_requests(dataset.exposures)[:max_requests])

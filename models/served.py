@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from models.features import ItemFeatures, UserFeatures
 from models.sparse import SparseLookup
@@ -95,23 +96,25 @@ class ServedStudent:
         """Unit user vectors, float32 shape ``(len(users), output_dim)``.
 
         The scorer's path: the same slots, mean pooling and tower as
-        :meth:`~models.two_tower.TwoTowerStudent.encode_users`, in numpy on views of the weights,
-        because for a few users the per-operation overhead of torch dominates the arithmetic. A
-        batch reads the tower's weights (~3 MB) once for all its users.
+        :meth:`~models.two_tower.TwoTowerStudent.encode_users`, the pooling in numpy on views of
+        the tables (one lookup per slot for the batch, no autograd). A batch reads the tower's
+        weights (~3 MB) once for all its users.
         """
         tables = self.student.tables
         pooled = []
         for table_name, id_lists in user_slots(users).values():
             table = tables[table_name]
             pooled.append(_mean_rows(table.weight.detach().numpy(), table, id_lists))
-        hidden = np.concatenate(pooled, axis=1)
+        # The products run in torch (its thread setting): numpy's OpenBLAS threads a batch's
+        # matrix product and spins a second thread on cores the worker shares.
+        hidden = torch.from_numpy(np.concatenate(pooled, axis=1))
         layers = [layer for layer in self.student.user_tower if isinstance(layer, nn.Linear)]
-        for index, layer in enumerate(layers):
-            hidden = hidden @ layer.weight.detach().numpy().T + layer.bias.detach().numpy()
-            if index < len(layers) - 1:
-                np.maximum(hidden, 0.0, out=hidden)
-        norms = np.maximum(np.linalg.norm(hidden, axis=1, keepdims=True), 1e-12)
-        return (hidden / norms).astype(np.float32)
+        with torch.no_grad():
+            for index, layer in enumerate(layers):
+                hidden = torch.addmm(layer.bias, hidden, layer.weight.t())
+                if index < len(layers) - 1:
+                    hidden.clamp_(min=0.0)
+            return F.normalize(hidden, dim=1, eps=1e-12).numpy()
 
     def item_vectors(self, items: Sequence[ItemFeatures]) -> np.ndarray:
         """Unit item vectors, float32 shape ``(len(items), output_dim)``."""

@@ -264,11 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     # flight are drained, progress saved and the workers it started stopped. A worker's Faust
     # loop installs its own handler over this one.
     signal.signal(signal.SIGTERM, _terminate)
-    import torch
+    from core.threads import limit_threads
 
     # Workers, the replay and Kafka share two cores: more than one thread per process oversubscribes
-    # them and OpenMP's spinning threads make every step many times slower.
-    torch.set_num_threads(settings.worker.torch_threads)
+    # them and OpenMP's and OpenBLAS's spinning threads make every step many times slower.
+    limit_threads(settings.worker.torch_threads)
     try:
         return args.run(args, settings)
     except (PrerankError, ReplayError) as exc:

@@ -105,16 +105,22 @@ class Codec(Generic[R]):
     format: Literal["json", "msgpack"] = "json"
     version: int = SCHEMA_VERSION
 
+    @property
+    def _version_suffix(self) -> bytes:
+        return f',"v":{self.version}}}'.encode()
+
     def encode(self, record: R) -> bytes:
         """The record's bytes; :class:`~streams.exceptions.RecordTooLarge` over
         :data:`MAX_RECORD_BYTES` (no decoder would read it back; the producers' limit is twice that)."""
         # Records hold no NaN (validated with allow_inf_nan=False): a missing float is already None.
-        payload = record.model_dump(mode="python")
-        payload["v"] = self.version
         if self.format == "msgpack":
+            payload = record.model_dump(mode="python")
+            payload["v"] = self.version
             raw = msgpack.packb(payload, use_bin_type=True)
         else:
-            raw = json_bytes(payload)
+            # pydantic's serializer writes the JSON in Rust (a quarter of the time of a dump and
+            # json.dumps): compact, UTF-8, fields in order; the schema version goes last.
+            raw = record.__pydantic_serializer__.to_json(record)[:-1] + self._version_suffix
         if len(raw) > MAX_RECORD_BYTES:
             raise RecordTooLarge(type(record).__name__, len(raw), MAX_RECORD_BYTES)
         return raw
