@@ -265,3 +265,31 @@ def test_easy_negatives_stay_within_the_response_bound():
     scorer = _budget_scorer(audit_every=0, easy_negatives=5000)
     request = ScoreRequest(request_id="r", user_id="u", ts_ms=0, candidates=[f"i{k}" for k in range(3000)], k=10)
     assert len(scorer.score(request, UserFeatures("u")).negatives) == 1000
+
+
+def test_a_batch_is_answered_as_each_request_alone():
+    """One user-tower pass for the batch changes no response: the same top-k, scores and negatives
+    as scoring each request by itself; an invalid request in the batch gets its own error."""
+    student = ServedStudent(TwoTowerStudent(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=6,
+                                                           min_count=1, seed=5)))
+    items = [ItemFeatures(f"i{k}", author_id=f"a{k % 7}", tags=(f"t{k % 5}",)) for k in range(40)]
+    scorer = Scorer(ModelStore(FakeRedis(), "p"), lambda _: student, max_k=10, audit_every=0)
+    scorer.install(1, student, [i.item_id for i in items[:30]], student.item_vectors(items[:30]).astype(np.float16))
+    for item in items:
+        scorer.catalog.put(item)
+    rng = random.Random(2)
+    requests = [ScoreRequest(request_id=f"r{n}", user_id=f"u{n}", ts_ms=0, k=rng.randrange(1, 8),
+                             candidates=rng.sample([i.item_id for i in items], 25)) for n in range(6)]
+    requests.insert(3, ScoreRequest(request_id="big", user_id="u", ts_ms=0, k=11, candidates=["i1"] * 20))
+    users = [UserFeatures(r.user_id, history_items=(f"i{n}",), tab=n % 3) for n, r in enumerate(requests)]
+    batch = scorer.score_many(requests, users)
+    alone = [scorer.score(r, u) for r, u in zip(requests, users)]
+    assert batch[3].error == alone[3].error == "k too large: 11 > 10"
+    for together, single in zip(batch, alone):
+        assert [i.item_id for i in together.items] == [i.item_id for i in single.items]
+        np.testing.assert_allclose([i.score for i in together.items], [i.score for i in single.items], rtol=1e-5)
+        assert together.negatives == single.negatives
+    # both tiers exercised; alone, the vectors the batch computed come from the version's LRU
+    assert sum(r.cache_tiers.get("computed", 0) for r in batch) > 0
+    assert sum(r.cache_tiers.get("computed", 0) for r in alone) == 0
+    assert all(seconds > 0 for seconds in scorer.stage_s.values())
