@@ -213,7 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-from", default=None, help="metrics cover events at or after this date (default: the last two days)")
     p.add_argument("--mode", action="append", choices=("cascade", "distill", "impressions"))
     p.add_argument("--baselines", action="store_true", help="also evaluate global CTR, LR-FTRL and an online tree")
-    p.add_argument("--max-requests", type=int, default=3000, help="user-sampled requests streamed per mode")
+    sampled = p.add_mutually_exclusive_group()
+    sampled.add_argument("--max-requests", type=int, default=3000, help="user-sampled requests streamed per mode")
+    sampled.add_argument("--all-users", dest="max_requests", action="store_const", const=None,
+                         help="stream every user's requests (no user sampling, no --max-requests)")
     p.add_argument("--candidates", type=int, default=1000, help="candidates per request")
     p.add_argument("--speed", type=float, default=None, help="x times real time (default: as fast as possible)")
     p.add_argument("--report-dir", type=Path, default=Path("reports/replay"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -62,6 +63,10 @@ class CandidateGenerator:
         self._ids = list(catalog)
         self._index = {item_id: i for i, item_id in enumerate(self._ids)}
         self.items: tuple[ItemFeatures, ...] = tuple(catalog.values())
+        # Object arrays, so that turning 1000 candidate indices into ids or items is one numpy take.
+        self._id_array = np.array(self._ids, dtype=object)
+        self._item_array = np.empty(len(self.items), dtype=object)
+        self._item_array[:] = self.items
         by_author: dict[str, list[int]] = {}
         by_tag: dict[str, list[int]] = {}
         for i, item in enumerate(self.items):
@@ -69,10 +74,11 @@ class CandidateGenerator:
                 by_author.setdefault(item.author_id, []).append(i)
             for tag in item.tags:
                 by_tag.setdefault(tag, []).append(i)
-        self._by_author = {k: np.asarray(v, dtype=np.int64) for k, v in by_author.items()}
-        self._by_tag = {k: np.asarray(v, dtype=np.int64) for k, v in by_tag.items()}
+        self._by_author = Groups(by_author)
+        self._by_tag = Groups(by_tag)
         self._popularity = DecayedCounter(len(self._ids), config.popularity_half_life_ms, config.popularity_refresh_ms)
         self._taken = np.zeros(len(self._ids), dtype=bool)
+        self._scratch = np.zeros(len(self._ids), dtype=np.int64)  # positions, for first_occurrences
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -83,8 +89,15 @@ class CandidateGenerator:
         except KeyError:
             raise ValueError(f"item {item_id!r} is not in the candidate generator's catalog") from None
 
+    def indices_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Catalog indices (int64) of ``item_ids``; an id outside the catalog is an error."""
+        return np.fromiter((self.index_of(i) for i in item_ids), dtype=np.int64, count=len(item_ids))
+
     def item_ids(self, indices: Sequence[int] | np.ndarray) -> list[str]:
-        return [self._ids[i] for i in indices]
+        return self._id_array[np.asarray(indices, dtype=np.int64)].tolist()
+
+    def items_of(self, indices: Sequence[int] | np.ndarray) -> list[ItemFeatures]:
+        return self._item_array[np.asarray(indices, dtype=np.int64)].tolist()
 
     def observe(self, item_id: str, ts_ms: int) -> None:
         """Count one impression of ``item_id`` towards "popular now"."""
@@ -114,17 +127,17 @@ class CandidateGenerator:
             nonlocal count
             fresh = indices[~taken[indices]]
             if len(fresh) > 1:  # the sources may repeat an item (an item with two of the user's tags)
-                fresh = fresh[np.sort(np.unique(fresh, return_index=True)[1])]
+                fresh = fresh[first_occurrences(fresh, self._scratch)]
             fresh = fresh[: min(quota, total - count)]
             taken[fresh] = True
             chosen.append(fresh)
             count += len(fresh)
 
         try:
-            take(np.fromiter((self.index_of(i) for i in exposed), dtype=np.int64, count=len(exposed)), total)
+            take(self.indices_of(exposed), total)
             take(self._popularity.top(config.n_popular, ts_ms), config.n_popular)
-            take(self._related(self._by_author, authors, config.n_author, rng), config.n_author)
-            take(self._related(self._by_tag, tags, config.n_tag, rng), config.n_tag)
+            take(self._by_author.draw(authors, config.n_author, rng), config.n_author)
+            take(self._by_tag.draw(tags, config.n_tag, rng), config.n_tag)
             n_items = len(self._ids)
             while count < min(total, n_items):
                 want = min(total, n_items) - count
@@ -136,14 +149,49 @@ class CandidateGenerator:
                 taken[part] = False
         return result
 
-    @staticmethod
-    def _related(
-        index: Mapping[str, np.ndarray], keys: Sequence[str], quota: int, rng: np.random.Generator
-    ) -> np.ndarray:
-        """About ``quota`` items drawn from the lists of ``keys``, most recent key first."""
-        lists = [index[k] for k in reversed(keys) if k in index]
-        if quota == 0 or not lists:
+
+def first_occurrences(indices: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """A mask of the first occurrence of each value in ``indices`` (order kept, no sort);
+    ``scratch`` is an int array with a slot for every value, its contents do not matter.
+
+    >>> first_occurrences(np.array([4, 2, 4, 0, 2]), np.zeros(5, dtype=np.int64)).tolist()
+    [True, True, False, True, False]
+    """
+    positions = np.arange(len(indices))
+    scratch[indices] = len(indices)  # the same value for every copy: the order of writes cannot matter
+    np.minimum.at(scratch, indices, positions)  # unbuffered: each value ends at its first position
+    return scratch[indices] == positions
+
+
+class Groups:
+    """Item indices grouped by a key (an author, a tag), all in one flat array, so that drawing
+    from a user's twenty recent tags is a few numpy operations rather than one per tag.
+
+    >>> groups = Groups({"a": [0, 1], "b": [5, 6, 7, 8, 9, 10]})
+    >>> groups.draw(["b", "a"], quota=2, rng=np.random.default_rng(0)).tolist()[:2]  # "a", the last, first
+    [0, 1]
+    >>> len(groups.draw(["a", "b", "zzz"], quota=2, rng=np.random.default_rng(0)))  # 2 of "b", all of "a"
+    4
+    """
+
+    def __init__(self, groups: Mapping[str, Sequence[int]]) -> None:
+        self._slot = {key: slot for slot, key in enumerate(groups)}
+        self._lengths = np.fromiter((len(members) for members in groups.values()), dtype=np.int64, count=len(groups))
+        self._starts = np.cumsum(self._lengths) - self._lengths
+        self._flat = np.fromiter(chain.from_iterable(groups.values()), dtype=np.int64, count=int(self._lengths.sum()))
+
+    def draw(self, keys: Sequence[str], quota: int, rng: np.random.Generator) -> np.ndarray:
+        """About ``quota`` items from the groups of ``keys``, the most recent key (the last) first:
+        each group of at most ``per_key`` items whole, a larger one ``per_key`` draws with
+        replacement, where ``per_key`` oversamples (duplicates and taken items get dropped)."""
+        slots = np.fromiter((self._slot[k] for k in reversed(keys) if k in self._slot), dtype=np.int64)
+        if quota == 0 or len(slots) == 0:
             return np.empty(0, dtype=np.int64)
-        per_key = -(-2 * quota // len(lists))  # oversample: duplicates and taken items get dropped
-        parts = [items if len(items) <= per_key else items[rng.integers(0, len(items), per_key)] for items in lists]
-        return np.concatenate(parts)
+        per_key = -(-2 * quota // len(slots))
+        lengths = self._lengths[slots]
+        counts = np.minimum(lengths, per_key)
+        first = np.cumsum(counts) - counts
+        within = np.arange(int(counts.sum())) - np.repeat(first, counts)  # 0 .. count-1 in each group
+        drawn = (rng.random(len(within)) * np.repeat(lengths, counts)).astype(np.int64)
+        offsets = np.where(np.repeat(lengths <= per_key, counts), within, drawn)
+        return self._flat[np.repeat(self._starts[slots], counts) + offsets]

@@ -27,3 +27,8 @@ class ReplayInterrupted(ReplayError):
 class ReplayStalled(ReplayError):
     """No answer from the scorer for too long: a worker or the broker is down. The replay's
     progress was checkpointed, so ``--resume`` continues once the cause is fixed."""
+
+
+class EvaluatorFailed(ReplayError):
+    """The replay's evaluation process (:mod:`replay.evaluator`) failed or is gone; the message
+    holds its traceback or exit code."""

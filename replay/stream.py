@@ -2,18 +2,22 @@
 
 :class:`StreamingReplay` plays the app and the event log. In event-time order it sends each
 request (exposed items plus ~1000 recalled candidates) to ``score-requests``; when the scorer's
-response arrives it logs the student's scores of the exposed items (progressive evaluation: the
-serving model has not learned this request yet), measures consistency on a sample of requests
-(the teacher scores the whole candidate set here), and only then emits the request's logged
-exposures to ``impressions``. The simulated fine ranker (its own worker) turns responses into
+response arrives it hands the student's scores of the exposed items to the evaluation
+(progressive: the serving model has not learned this request yet), on a sample of requests with
+the whole candidate set and the student's top-k (the consistency audit: the teacher scores every
+candidate), and only then emits the request's logged exposures to ``impressions``. The evaluation
+(teacher and baselines, :mod:`replay.evaluator`) runs in a process of its own, so that the driver
+is not what limits the funnel's rate; the driver's own CPU per stage is in the report
+(:mod:`replay.cpu`). The simulated fine ranker (its own worker) turns responses into
 ``rank-scores``; the joiner, trainer and publisher do the rest. Up to ``inflight`` requests are
 outstanding at once.
 
 Ctrl-C stops sending, lets the requests in flight finish, and checkpoints the replay (the
 requests completed, the evaluation logs, the baselines' models: :meth:`StreamingReplay.save`),
 so ``prerank replay --resume`` continues where it stopped; the same checkpoint is also written
-every ``checkpoint_every`` requests, so even a crash loses at most that many requests' worth of
-evaluation (they are replayed; the joiner drops the duplicate rank scores).
+every ``checkpoint_every`` requests once ``checkpoint_interval_s`` have passed, so even a crash
+loses at most that much evaluation (those requests are replayed; the joiner drops the duplicate
+rank scores).
 
 The teacher is pre-fit in process on the requests before ``train_until`` (:func:`prefit_teacher`),
 saved, and loaded by the fine-ranker worker, so the replay and the ranker share one teacher.
@@ -37,13 +41,12 @@ from core.kafka import kafka_python_options
 from core.settings import Settings
 from funnel.history import HistoryConfig
 from funnel.labels import request_rng
-from funnel.metrics import auc, consistency_recall
 from funnel.store import open_store
 from models.features import UserFeatures
-from models.losses import combine
 from replay.candidates import CandidateConfig
+from replay.cpu import DriverClock
 from replay.dataset import Dataset
-from replay.evaluation import ConsistencyLog, FeedbackLog, HitRateLog
+from replay.evaluator import Evaluator, EvaluatorProcess
 from replay.events import Request
 from replay.exceptions import ReplayInterrupted, ReplayStalled
 from replay.grouping import DEFAULT_GAP_MS, group_requests
@@ -84,7 +87,9 @@ class StreamConfig:
     speed: float | None = None  # None: as fast as the system answers; x: x times real time
     bucket_ms: int = 6 * 3_600_000  # event-time buckets of the metrics-over-time series
     hit_k: int = 100  # hit rate: a long-viewed exposed item inside the arm's top-k of all candidates
-    checkpoint_every: int = 200  # answered requests between two checkpoints of the replay itself
+    checkpoint_every: int = 200  # answered requests between two checkpoints of the replay itself ...
+    checkpoint_interval_s: float = 60.0  # ... and seconds: a checkpoint rewrites every log so far
+    evaluator_process: bool = True  # teacher and baselines score in a process of their own
     seed: int = 0
 
 
@@ -92,6 +97,7 @@ class StreamConfig:
 class Outstanding:
     request: Request
     candidates: list[str]
+    indices: np.ndarray  # the candidates' catalog indices, in the same order
     user: UserFeatures
     sent_at: float
 
@@ -128,13 +134,12 @@ class StreamingReplay:
         self.settings = settings
         self.state = state
         self.config = state.config
-        self.teacher = teacher
         self.progress = progress or (lambda _: None)
-        self.feedback = FeedbackLog()
-        self.teacher_feedback = FeedbackLog()
-        self.consistency = ConsistencyLog(self.config.consistency_n, self.config.consistency_ks)
-        self.hits = HitRateLog("long_view", self.config.hit_k)
-        self.teacher_hits = HitRateLog("long_view", self.config.hit_k)
+        # Teacher and baselines score on the side, in a process of their own during run() (see
+        # replay.evaluator); outside run(), and with evaluator_process off, in this one.
+        self.evaluator = Evaluator(state, teacher, self.config, baselines)
+        self.evaluation: Evaluator | EvaluatorProcess = self.evaluator
+        self._evaluated: dict | None = None  # the evaluation's summary once run() has finished
         self.completed: list[str] = []  # request ids whose impressions went out, in that order
         self.interrupted = False
         self.latencies_ms: list[float] = []
@@ -143,18 +148,8 @@ class StreamingReplay:
         self.counts = {"sent": 0, "answered": 0, "errors": 0, "timeouts": 0, "eval_requests": 0,
                        "impressions": 0}
         self.versions: set[int] = set()
-        self.timeline: list[tuple[int, int, int, float]] = []  # (ts, click, long_view, score)
-        self.consistency_timeline: list[tuple[int, float]] = []  # (ts, recall@100)
-        # The article's older pre-rankers, scored in process on exactly the same requests and
-        # candidates, learning from the same logged feedback (they are not part of the system).
-        self.baselines = dict(baselines or {})
-        self.baseline_feedback = {name: FeedbackLog() for name in self.baselines}
-        self.baseline_consistency = {name: ConsistencyLog(self.config.consistency_n, self.config.consistency_ks)
-                                     for name in self.baselines}
-        self.baseline_hits = {name: HitRateLog("long_view", self.config.hit_k) for name in self.baselines}
-        self._baseline_batch = []
-        self.baseline_samples = 0
         self._answered_before = 0
+        self.clock = DriverClock()
 
     def topic(self, key: str) -> str:
         return self.settings.topics.name(TOPIC_MODULES[key].TOPIC.name)
@@ -194,10 +189,19 @@ class StreamingReplay:
         """Stream ``requests`` (skipping those already :attr:`completed`); ``checkpoint()`` is called
         every ``checkpoint_every`` answers and at the end, also on Ctrl-C, which then raises
         :class:`~replay.exceptions.ReplayInterrupted`."""
-        config = self.config
         done = set(self.completed)
-        total = len(requests)
-        requests = [r for r in requests if r.request_id not in done]
+        pending = [r for r in requests if r.request_id not in done]
+        if self.config.evaluator_process:  # forked first: before this process has Kafka clients and their threads
+            self.evaluation = EvaluatorProcess(self.evaluator, pending)
+        try:
+            return self._stream(pending, len(done), len(requests), checkpoint)
+        finally:
+            if self.evaluation is not self.evaluator:
+                self.evaluation.close()
+                self.evaluation = self.evaluator  # stale now: the summary was kept in self._evaluated
+
+    def _stream(self, requests: list[Request], resumed: int, total: int, checkpoint: Callable[[], None] | None) -> dict:
+        config = self.config
         kafka = kafka_python_options(self.settings.kafka)
         producer = KafkaProducer(**kafka, linger_ms=2, max_request_size=8 * 1024 * 1024)
         consumer = KafkaConsumer(**kafka, group_id=None, enable_auto_commit=False,
@@ -212,16 +216,21 @@ class StreamingReplay:
         loaded["catalog_wait_s"] = self.wait_for_catalog(list(self.state.dataset.catalog))
         outstanding: dict[str, Outstanding] = {}
         started = time.perf_counter()
-        saved_at = len(self.completed)
+        self.clock.start()
+        saved_at, saved_time = len(self.completed), time.monotonic()
         self._answered_before = self.counts["answered"]
         self._last_answer = time.monotonic()
 
         def maybe_checkpoint() -> None:
-            nonlocal saved_at
-            if checkpoint is not None and len(self.completed) - saved_at >= config.checkpoint_every:
-                producer.flush()  # a completed request's impressions are on the broker before it is saved
-                checkpoint()
-                saved_at = len(self.completed)
+            # By count and by time: a long replay's checkpoint rewrites every log so far, and at a
+            # hundred requests a second one every 200 requests would cost more than the replay.
+            nonlocal saved_at, saved_time
+            if (checkpoint is not None and len(self.completed) - saved_at >= config.checkpoint_every
+                    and time.monotonic() - saved_time >= config.checkpoint_interval_s):
+                with self.clock.stage("checkpoint"):
+                    producer.flush()  # a completed request's impressions are on the broker before it is saved
+                    checkpoint()
+                saved_at, saved_time = len(self.completed), time.monotonic()
 
         try:
             try:
@@ -237,7 +246,8 @@ class StreamingReplay:
                     self._send(producer, request, outstanding)
                     maybe_checkpoint()
                     if index % 10 == 0:
-                        self._report_progress(index, len(done), total, started, outstanding, request.ts_ms)
+                        with self.clock.stage("progress"):
+                            self._report_progress(index, resumed, total, started, outstanding, request.ts_ms)
             except KeyboardInterrupt:
                 self.interrupted = True
                 self.progress({"interrupted": f"finishing {len(outstanding)} requests in flight "
@@ -251,7 +261,7 @@ class StreamingReplay:
             if not self.interrupted:
                 self.counts["timeouts"] += len(outstanding)
                 if requests:  # the bar ends at its total
-                    self._report_progress(len(requests), len(done), total, started, outstanding, requests[-1].ts_ms)
+                    self._report_progress(len(requests), resumed, total, started, outstanding, requests[-1].ts_ms)
         except KafkaError as error:
             raise ReplayStalled(f"Kafka failed during the replay: {error}") from error
         finally:
@@ -266,33 +276,40 @@ class StreamingReplay:
         if self.interrupted:
             raise ReplayInterrupted(len(self.completed), total)
         elapsed = time.perf_counter() - started
+        self._evaluated = self.evaluation.summary()
         return self.summary(elapsed, loaded)
 
     def _send(self, producer: KafkaProducer, request: Request, outstanding: dict[str, Outstanding]) -> None:
-        user = self.state.snapshot(request)
-        history = self.state.history(request.user_id)
-        indices = self.state.generator.build(request.request_id, request.item_ids, history.authors,
-                                             history.tags, request.ts_ms)
-        # Shuffled (seeded by request), so that an arm with tied scores cannot rank the exposed items
-        # first by their position (the generator lists them first).
-        order = request_rng(self.config.seed, request.request_id).permutation(len(indices))
-        candidates = self.state.generator.item_ids(indices[order])
-        score_request = ScoreRequest(
-            request_id=request.request_id, user_id=request.user_id, ts_ms=request.ts_ms,
-            context=RequestContext(tab=min(request.tab, 1000), hour=user.hour, weekday=user.weekday),
-            candidates=candidates, k=min(self.config.k, len(candidates)),
-            score_items=list(dict.fromkeys(request.item_ids)),
-        )
-        producer.send(self.topic("score_requests"), key=request.user_id.encode(),
-                      value=score_requests.CODEC.encode(score_request))
-        outstanding[request.request_id] = Outstanding(request, candidates, user, time.perf_counter())
+        with self.clock.stage("candidates"):
+            user = self.state.snapshot(request)
+            history = self.state.history(request.user_id)
+            indices = self.state.generator.build(request.request_id, request.item_ids, history.authors,
+                                                 history.tags, request.ts_ms)
+            # Shuffled (seeded by request), so that an arm with tied scores cannot rank the exposed
+            # items first by their position (the generator lists them first).
+            indices = indices[request_rng(self.config.seed, request.request_id).permutation(len(indices))]
+            candidates = self.state.generator.item_ids(indices)
+        with self.clock.stage("send"):
+            score_request = ScoreRequest(
+                request_id=request.request_id, user_id=request.user_id, ts_ms=request.ts_ms,
+                context=RequestContext(tab=min(request.tab, 1000), hour=user.hour, weekday=user.weekday),
+                candidates=candidates, k=min(self.config.k, len(candidates)),
+                score_items=list(dict.fromkeys(request.item_ids)),
+            )
+            producer.send(self.topic("score_requests"), key=request.user_id.encode(),
+                          value=score_requests.CODEC.encode(score_request))
+        outstanding[request.request_id] = Outstanding(request, candidates, indices, user, time.perf_counter())
         self.counts["sent"] += 1
 
     def _receive(self, consumer: KafkaConsumer, producer: KafkaProducer, outstanding: dict[str, Outstanding]) -> None:
-        producer.flush(timeout=5)
-        for messages in consumer.poll(timeout_ms=200).values():
+        # No producer.flush() here: it would wait for the broker's acks of every record sent so far
+        # on each poll; the producer's linger (2 ms) sends them, batched, while this waits for answers.
+        with self.clock.stage("poll"):
+            polled = consumer.poll(timeout_ms=200)
+        for messages in polled.values():
             for message in messages:
-                response = score_responses.CODEC.decode(message.value)
+                with self.clock.stage("decode"):
+                    response = score_responses.CODEC.decode(message.value)
                 pending = outstanding.pop(response.request_id, None)
                 if pending is not None:
                     self._answered(pending, response, producer)
@@ -310,20 +327,24 @@ class StreamingReplay:
             for tier, count in response.cache_tiers.items():
                 self.tiers[tier] = self.tiers.get(tier, 0) + count
             if request.ts_ms >= self.config.eval_from_ms:
-                self._evaluate(pending, response)
-        if self.baselines:
-            self._baselines_learn(pending)
-        for position, exposure in enumerate(request.exposures):
-            record = Impression(
-                request_id=request.request_id, user_id=request.user_id, item_id=exposure.item_id,
-                ts_ms=exposure.ts_ms, position=position, tab=min(exposure.tab, 1000), click=exposure.click,
-                long_view=exposure.long_view, like=exposure.like, play_ms=exposure.play_ms,
-                duration_ms=exposure.duration_ms,
-            )
-            producer.send(self.topic("impressions"), key=request.user_id.encode(),
-                          value=impressions.CODEC.encode(record))
-            self.counts["impressions"] += 1
-        self.state.after(request)
+                with self.clock.stage("evaluate"):
+                    self._evaluate(pending, response)
+        if self.evaluator.baselines:
+            with self.clock.stage("evaluate"):
+                self.evaluation.learn(request, pending.user)
+        with self.clock.stage("impressions"):
+            for position, exposure in enumerate(request.exposures):
+                record = Impression(
+                    request_id=request.request_id, user_id=request.user_id, item_id=exposure.item_id,
+                    ts_ms=exposure.ts_ms, position=position, tab=min(exposure.tab, 1000), click=exposure.click,
+                    long_view=exposure.long_view, like=exposure.like, play_ms=exposure.play_ms,
+                    duration_ms=exposure.duration_ms,
+                )
+                producer.send(self.topic("impressions"), key=request.user_id.encode(),
+                              value=impressions.CODEC.encode(record))
+                self.counts["impressions"] += 1
+        with self.clock.stage("state"):
+            self.state.after(request)
         self.completed.append(request.request_id)
 
     def _check_stalled(self, outstanding: dict[str, Outstanding]) -> None:
@@ -334,82 +355,36 @@ class StreamingReplay:
                 "in flight: is the scorer worker or the broker down? (worker logs are in the run folder)")
 
     def _evaluate(self, pending: Outstanding, response) -> None:
+        """Hand the response's scores of the exposed items to the evaluation; every
+        ``consistency_every``-th evaluated request also its candidates and top-k (the audit)."""
         request = pending.request
         self.counts["eval_requests"] += 1
-        exposed_items = [self.state.dataset.catalog[e.item_id] for e in request.exposures]
-        teacher = self.teacher.score_objectives(pending.user, exposed_items)
-        for j, exposure in enumerate(request.exposures):
-            score = response.item_scores.get(exposure.item_id)
-            if score is None:
-                continue
-            self.feedback.add(request.user_id, exposure.click, exposure.long_view, score, score)
-            self.timeline.append((request.ts_ms, exposure.click, exposure.long_view, score))
-            self.teacher_feedback.add(request.user_id, exposure.click, exposure.long_view,
-                                      float(teacher["click"][j]), float(teacher["long_view"][j]))
-        for name, baseline in self.baselines.items():
-            scores = baseline.score(pending.user, exposed_items)
-            for j, exposure in enumerate(request.exposures):
-                self.baseline_feedback[name].add(request.user_id, exposure.click, exposure.long_view,
-                                                 float(scores[j]), float(scores[j]))
+        exposed_scores = {e.item_id: response.item_scores[e.item_id] for e in request.exposures
+                          if e.item_id in response.item_scores}
         if (self.counts["eval_requests"] - 1) % self.config.consistency_every == 0:
-            items = [self.state.dataset.catalog[i] for i in pending.candidates]
-            objectives = self.teacher.score_objectives(pending.user, items)
-            teacher_full = np.asarray(combine(objectives, self.teacher.objective_weights), dtype=np.float64)
-            long_viewed = {e.item_id for e in request.exposures if e.long_view}
-            relevant = np.fromiter((item_id in long_viewed for item_id in pending.candidates), bool, len(items))
-            for name, baseline in self.baselines.items():
-                baseline_scores = baseline.score(pending.user, items)
-                self.baseline_consistency[name].add(teacher_full, baseline_scores)
-                self.baseline_hits[name].add(relevant, baseline_scores)
-            student = np.full(len(items), -np.inf)
-            position = {item_id: p for p, item_id in enumerate(pending.candidates)}
-            for rank, scored in enumerate(response.items):  # only the top-k travels back: ranks suffice
-                student[position[scored.item_id]] = -rank
-            self.consistency.add(teacher_full, student)
-            self.hits.add(relevant, student)
-            self.teacher_hits.add(relevant, teacher_full)
-            self.consistency_timeline.append(
-                (request.ts_ms, consistency_recall(teacher_full, student, self.config.consistency_n, 100)))
-
-    def _baselines_learn(self, pending: Outstanding, batch: int = 32) -> None:
-        self._baseline_batch.append(self.state.logged_sample(pending.request, pending.user))
-        if len(self._baseline_batch) >= batch:
-            self._learn_baseline_batch()
-
-    def _learn_baseline_batch(self) -> None:
-        for baseline in self.baselines.values():
-            baseline.learn_many(self._baseline_batch)
-        self.baseline_samples += sum(s.n_items for s in self._baseline_batch)
-        self._baseline_batch = []
+            self.evaluation.evaluate(request, pending.user, exposed_scores, pending.indices,
+                                     [scored.item_id for scored in response.items])
+        else:
+            self.evaluation.evaluate(request, pending.user, exposed_scores)
 
     def save(self, directory: Path) -> None:
-        """Checkpoint: ``eval.json`` (requests completed, evaluation logs) and the baselines' models,
-        each file replaced atomically."""
+        """Checkpoint: ``eval.json`` (requests completed, counts, latencies and the evaluation's
+        logs) and the baselines' models, each file replaced atomically."""
         directory.mkdir(parents=True, exist_ok=True)
-        if self._baseline_batch:  # learn the partial batch now: the checkpoint holds no pending state
-            self._learn_baseline_batch()
-        for name, baseline in self.baselines.items():
-            baseline.save(directory / f"baseline-{name}.json.tmp")
-            os.replace(directory / f"baseline-{name}.json.tmp", directory / f"baseline-{name}.json")
+        evaluation = self.evaluation.save(directory)  # first: eval.json is the commit point
         state = {
             "completed": self.completed, "counts": self.counts, "tiers": self.tiers,
             "versions": sorted(self.versions), "latencies_ms": self.latencies_ms,
-            "round_trips_ms": self.round_trips_ms, "timeline": self.timeline,
-            "consistency_timeline": self.consistency_timeline, "baseline_samples": self.baseline_samples,
-            "feedback": self.feedback.state(), "teacher_feedback": self.teacher_feedback.state(),
-            "consistency": self.consistency.state(), "hits": self.hits.state(),
-            "teacher_hits": self.teacher_hits.state(),
-            "baselines": {name: {"feedback": self.baseline_feedback[name].state(),
-                                 "consistency": self.baseline_consistency[name].state(),
-                                 "hits": self.baseline_hits[name].state()} for name in self.baselines},
+            "round_trips_ms": self.round_trips_ms, **evaluation,
         }
         temporary = directory / "eval.json.tmp"
         temporary.write_text(json.dumps(state))
         os.replace(temporary, directory / "eval.json")
 
     def restore(self, directory: Path) -> list[str]:
-        """Load a checkpoint written by :meth:`save`; returns the completed request ids, in order.
-        The caller replays those requests into the :class:`ReplayState` (histories, popularity)."""
+        """Load a checkpoint written by :meth:`save` (before :meth:`run`); returns the completed
+        request ids, in order. The caller replays those requests into the :class:`ReplayState`
+        (histories, popularity)."""
         state = json.loads((directory / "eval.json").read_text())
         self.completed = list(state["completed"])
         self.counts.update(state["counts"])
@@ -417,30 +392,22 @@ class StreamingReplay:
         self.versions = set(state["versions"])
         self.latencies_ms = list(state["latencies_ms"])
         self.round_trips_ms = list(state["round_trips_ms"])
-        self.timeline = [tuple(x) for x in state["timeline"]]
-        self.consistency_timeline = [tuple(x) for x in state["consistency_timeline"]]
-        self.baseline_samples = int(state["baseline_samples"])
-        self.feedback = FeedbackLog.from_state(state["feedback"])
-        self.teacher_feedback = FeedbackLog.from_state(state["teacher_feedback"])
-        self.consistency = ConsistencyLog.from_state(state["consistency"])
-        self.hits = HitRateLog.from_state(state["hits"])
-        self.teacher_hits = HitRateLog.from_state(state["teacher_hits"])
-        for name, baseline in list(self.baselines.items()):
-            logs = state["baselines"][name]
-            self.baselines[name] = type(baseline).load(directory / f"baseline-{name}.json")
-            self.baseline_feedback[name] = FeedbackLog.from_state(logs["feedback"])
-            self.baseline_consistency[name] = ConsistencyLog.from_state(logs["consistency"])
-            self.baseline_hits[name] = HitRateLog.from_state(logs["hits"])
+        self.evaluator.restore(state, directory)
         return self.completed
 
+    def evaluated(self) -> dict:
+        """The evaluation's summary (:meth:`replay.evaluator.Evaluator.summary`): as the finished
+        :meth:`run` left it, else of the evaluation as it is."""
+        return self._evaluated if self._evaluated is not None else self.evaluation.summary()
+
     def baseline_summaries(self) -> dict[str, dict]:
+        evaluated = self.evaluated()
         return {
-            name: {**self.baseline_feedback[name].summary(), **self.baseline_consistency[name].summary(),
-                   **self.baseline_hits[name].summary(),
+            name: {**metrics,
                    "path": "in-process baseline on the streamed requests", "requests": self.counts["eval_requests"],
-                   "samples_learned": self.baseline_samples, "zero_row_ratio": float("nan"),
+                   "samples_learned": evaluated["baseline_samples"], "zero_row_ratio": float("nan"),
                    "export_size_reduction": float("nan")}
-            for name in self.baselines
+            for name, metrics in evaluated["baselines"].items()
         }
 
     def _report_progress(self, index: int, resumed: int, total: int, started: float, outstanding,
@@ -455,20 +422,19 @@ class StreamingReplay:
             "event_time_ms": event_ts_ms, "behind_schedule_s": behind,
         })
 
+
     def summary(self, elapsed_s: float, loaded: Mapping[str, int]) -> dict:
         latencies = np.asarray(self.latencies_ms or [np.nan])
         round_trips = np.asarray(self.round_trips_ms or [np.nan])
+        evaluated = self.evaluated()
+        answered = self.counts["answered"] - self._answered_before  # this attempt's: a resumed run restores the rest
         return {
-            **self.feedback.summary(),
-            **self.consistency.summary(),
-            **self.hits.summary(),
-            "teacher": {**self.teacher_feedback.summary(), **self.teacher_hits.summary()},
+            **evaluated["student"],
             "requests": self.counts["eval_requests"],
             "counts": dict(self.counts),
             "loaded": dict(loaded),
             "replay_s": elapsed_s,
-            # answered in this attempt only: a resumed run restores the earlier attempts' counts
-            "requests_per_s": (self.counts["answered"] - self._answered_before) / elapsed_s if elapsed_s > 0 else 0.0,
+            "requests_per_s": answered / elapsed_s if elapsed_s > 0 else 0.0,
             "scorer_latency_ms_p50": float(np.nanpercentile(latencies, 50)),
             "scorer_latency_ms_p99": float(np.nanpercentile(latencies, 99)),
             "round_trip_ms_p50": float(np.nanpercentile(round_trips, 50)),
@@ -476,32 +442,16 @@ class StreamingReplay:
             "latencies_ms": [float(x) for x in self.latencies_ms],
             "cache_tiers": dict(self.tiers),
             "model_versions_seen": len(self.versions),
-            "over_time": self.over_time(),
+            "driver": self.clock.summary(answered),
+            "evaluator": self._evaluator_cpu(answered, evaluated),
         }
 
-    def over_time(self) -> list[dict]:
-        """Metrics per event-time bucket: how quality moves as the student keeps learning."""
-        buckets: dict[int, dict] = {}
-        size = self.config.bucket_ms
-        for ts, click, long_view, score in self.timeline:
-            bucket = buckets.setdefault(ts // size * size, {"click": [], "long_view": [], "scores": [], "recall": []})
-            bucket["click"].append(click)
-            bucket["long_view"].append(long_view)
-            bucket["scores"].append(score)
-        for ts, recall in self.consistency_timeline:
-            buckets.setdefault(ts // size * size, {"click": [], "long_view": [], "scores": [], "recall": []})[
-                "recall"].append(recall)
-        series = []
-        for start in sorted(buckets):
-            b = buckets[start]
-            series.append({
-                "bucket_start_ms": start, "exposures": len(b["scores"]),
-                "auc_click": auc(b["click"], b["scores"]) if 0 < sum(b["click"]) < len(b["click"]) else None,
-                "auc_long_view": (auc(b["long_view"], b["scores"])
-                                  if 0 < sum(b["long_view"]) < len(b["long_view"]) else None),
-                "consistency_recall_at_100": float(np.mean(b["recall"])) if b["recall"] else None,
-            })
-        return series
+    def _evaluator_cpu(self, answered: int, evaluated: dict) -> dict:
+        """The evaluation process's CPU (absent when it ran in the driver, whose share then holds it)."""
+        if "cpu_s" not in evaluated:
+            return {"process": False}
+        return {"process": True, "cpu_s": evaluated["cpu_s"],
+                "cpu_ms_per_request": 1e3 * evaluated["cpu_s"] / answered if answered else float("nan")}
 
 
 def replay_requests(dataset: Dataset, config: StreamConfig) -> tuple[list[Request], list[Request], dict]:

@@ -56,3 +56,22 @@ def test_a_funnel_that_stops_answering_raises_instead_of_hanging(dataset):
         replay._check_stalled({"r1": object()})
     replay._last_answer = time.monotonic()
     replay._check_stalled({"r1": object()})  # a recent answer: still fine
+
+
+def test_all_users_streams_every_request_of_the_replay_period(dataset):
+    from prerank.cli import build_parser
+    from replay.stream import replay_requests
+
+    args = build_parser().parse_args(["replay", "--all-users"])
+    assert args.max_requests is None and build_parser().parse_args(["replay"]).max_requests == 3000
+    with pytest.raises(SystemExit):  # one or the other
+        build_parser().parse_args(["replay", "--all-users", "--max-requests", "10"])
+    start = dataset.exposures[0].ts_ms
+    config = StreamConfig(train_until_ms=start + 86_400_000, eval_from_ms=start + 86_400_000,
+                          max_requests=args.max_requests)
+    _, streamed, sampling = replay_requests(dataset, config)
+    assert sampling["user_sample_rate"] == 1.0
+    assert len(streamed) == sampling["streamed_requests"] == sampling["replay_period_requests"] > 0
+    _, sampled, sampling = replay_requests(dataset, StreamConfig(train_until_ms=config.train_until_ms,
+                                                                 eval_from_ms=config.eval_from_ms, max_requests=20))
+    assert sampling["user_sample_rate"] < 1.0 and len(sampled) < len(streamed)
