@@ -212,35 +212,40 @@ class Trainer:
             partitions = await self._assign(consumer)
             log.info("trainer reading %s partitions %s from %s", self.topic, partitions, self.state.offsets)
             worker = self.settings.worker
-            in_flight: LearnStep | None = None
+            submitted: list[LearnStep] = []  # in order: the first may be learning, a second queued behind it
             try:
                 while not self._stopping:
                     batches = await consumer.getmany(
                         timeout_ms=int(worker.train_batch_timeout_s * 1000), max_records=worker.train_batch_requests
                     )
-                    # Decoding this micro-batch overlaps the previous one's learn step in the learn
-                    # thread: the broker path's cost hides behind the model's.
+                    # Decoding this micro-batch overlaps the learn step in the learn thread.
                     step = await self._decode_batch(batches)
-                    if in_flight is not None:
-                        result = await asyncio.wrap_future(in_flight.future)
-                        self._apply(in_flight, result)
-                        await self._dead_letter_failed(in_flight, result)
-                        in_flight = None
-                    # No step is in flight here, so the model and the offsets agree: the only point
-                    # where a checkpoint (or a version) may be taken.
-                    await self._maybe_publish_and_checkpoint(loop)
-                    if step.records:
+                    # Queued behind the step in flight, the learn thread goes on to this one without
+                    # waiting for the loop to see the other end (a thread wake-up each way per step);
+                    # not when a version or a checkpoint is due, which need nothing in flight.
+                    queued = bool(step.records and submitted) and not self._publish_or_checkpoint_due()
+                    if queued:
                         step.future = self.executor.submit(self.learn, step.records)
-                        in_flight = step
-                    elif batches:
-                        self._apply(step, None)  # only dead letters: their offsets move on
+                        submitted.append(step)
+                    while len(submitted) > (1 if queued else 0):  # every step before the queued one
+                        await self._finish(submitted[0])
+                        submitted.pop(0)
+                    if not queued:
+                        # No step is in flight here, so the model and the offsets agree: the only point
+                        # where a checkpoint (or a version) may be taken.
+                        await self._maybe_publish_and_checkpoint(loop)
+                        if step.records:
+                            step.future = self.executor.submit(self.learn, step.records)
+                            submitted.append(step)
+                        elif batches:
+                            self._apply(step, None)  # only dead letters: their offsets move on
                     try:
                         await self._maybe_record_lag(consumer)
                     except Exception as exc:  # noqa: BLE001 - a metric; the next interval tries again
                         log.warning("trainer: consumer lag not recorded: %s", bounded(f"{type(exc).__name__}: {exc}"))
             finally:
-                if in_flight is not None:  # on SIGTERM too: the step finishes and counts before the checkpoint
-                    self._apply(in_flight, in_flight.future.result())
+                for step in submitted:  # on SIGTERM too: the steps finish and count before the checkpoint
+                    self._apply(step, step.future.result())
         finally:
             # Runs on SIGTERM too (Faust cancels the task); blocking here is fine at shutdown.
             if self._dirty:
@@ -258,6 +263,19 @@ class Trainer:
                     step.produced_ms.append(message.timestamp)
                 step.offsets[str(tp.partition)] = message.offset + 1
         return step
+
+    async def _finish(self, step: LearnStep) -> None:
+        """Wait for a submitted step, count it and dead-letter the records it could not learn."""
+        result = await asyncio.wrap_future(step.future)
+        self._apply(step, result)
+        await self._dead_letter_failed(step, result)
+
+    def _publish_or_checkpoint_due(self) -> bool:
+        """Whether :meth:`_maybe_publish_and_checkpoint` would publish or checkpoint now."""
+        worker, now = self.settings.worker, time.monotonic()
+        if self.publisher is not None and now - self._last_publish >= worker.publish_interval_s:
+            return True
+        return self._dirty and now - self._last_checkpoint >= worker.checkpoint_interval_s
 
     async def _dead_letter_failed(self, step: LearnStep, result: dict | None) -> None:
         """Each record its learn step could not learn alone becomes a dead letter (it is not

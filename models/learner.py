@@ -66,20 +66,24 @@ class JointTeacher(Protocol):
 
 
 def flatten_pairs(samples: Sequence[RequestSample]) -> tuple[list[ItemFeatures], torch.Tensor, torch.Tensor]:
-    """Unique items (first occurrence wins) and, per pair, its request and unique-item index."""
-    position: dict[str, int] = {}
-    unique_items: list[ItemFeatures] = []
-    request_index: list[int] = []
-    item_index: list[int] = []
-    for r, sample in enumerate(samples):
-        for item in sample.items:
-            index = position.get(item.item_id)
-            if index is None:
-                index = position[item.item_id] = len(unique_items)
-                unique_items.append(item)
-            item_index.append(index)
-        request_index.extend([r] * sample.n_items)
-    return unique_items, torch.tensor(request_index), torch.tensor(item_index)
+    """The micro-batch's distinct items and, per (request, item) pair, its request and item index.
+
+    Returns ``(unique_items, request_index, item_index)``: the ``I`` distinct items by id, in
+    order of first occurrence (the first occurrence's features win), and two int64 tensors of
+    shape ``(n_pairs,)`` with pairs in sample order. The item tower runs once per distinct item
+    and ``item_index`` broadcasts its vectors to the pairs, so an item several requests of the
+    batch share costs one tower pass.
+    """
+    pair_items = [item for sample in samples for item in sample.items]
+    index_of: dict[str, int] = {}
+    # setdefault's default is evaluated first: a new id gets the next index, a known id its own.
+    item_index = np.fromiter((index_of.setdefault(item.item_id, len(index_of)) for item in pair_items),
+                             dtype=np.int64, count=len(pair_items))
+    # Indices are handed out in order of first occurrence, so unique's first positions are sorted by index.
+    _, first = np.unique(item_index, return_index=True)
+    lengths = np.fromiter((sample.n_items for sample in samples), dtype=np.int64, count=len(samples))
+    request_index = np.repeat(np.arange(len(samples), dtype=np.int64), lengths)
+    return [pair_items[p] for p in first.tolist()], torch.from_numpy(request_index), torch.from_numpy(item_index)
 
 
 class StudentLearner:

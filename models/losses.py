@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from types import MappingProxyType
 from typing import Literal, Protocol
 
@@ -117,26 +118,27 @@ class PairLabels:
 
     @classmethod
     def from_samples(cls, samples: Sequence[RequestSample]) -> PairLabels:
-        def flat(name: str) -> torch.Tensor:
-            return torch.tensor([x for s in samples for x in getattr(s, name)], dtype=torch.float32)
-
+        """The labels of ``samples``' pairs in sample order; teacher logits of an objective that
+        some samples lack are ``nan`` there."""
         n_pairs = sum(s.n_items for s in samples)
+
+        def flat(per_sample) -> torch.Tensor:
+            # One fromiter over the concatenated tuples, not a Python list of floats (every
+            # sample has n_items labels per tuple: RequestSample checks it).
+            values = np.fromiter(chain.from_iterable(per_sample), dtype=np.float32, count=n_pairs)
+            return torch.from_numpy(values)
+
         teacher = {}
         for objective in OBJECTIVES:
             if any(objective in s.teacher_logits for s in samples):
-                values = [
-                    x for s in samples
-                    for x in s.teacher_logits.get(objective, (math.nan,) * s.n_items)
-                ]
-                teacher[objective] = torch.tensor(values, dtype=torch.float32)
-        labels = cls(
-            cascade=flat("cascade"),
-            feedback={o: flat(o) for o in OBJECTIVES},
+                teacher[objective] = flat(
+                    s.teacher_logits.get(objective, (math.nan,) * s.n_items) for s in samples
+                )
+        return cls(
+            cascade=flat(s.cascade for s in samples),
+            feedback={o: flat(getattr(s, o) for s in samples) for o in OBJECTIVES},
             teacher=teacher,
         )
-        if labels.cascade.shape[0] != n_pairs:
-            raise ConfigError("label count does not match the number of pairs")
-        return labels
 
     def soft_feedback(self, weights: Mapping[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(target, mask)``: weighted mean of the known feedback labels; mask = all known."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -56,10 +57,7 @@ class SparseLookup:
         if table is None:
             raise InputError(f"unknown embedding table {table_name!r}")
         flat = [raw_id for ids in id_lists for raw_id in ids]
-        offsets = torch.zeros(len(id_lists), dtype=torch.int64)
-        if len(id_lists) > 1:
-            lengths = torch.tensor([len(ids) for ids in id_lists[:-1]], dtype=torch.int64)
-            offsets[1:] = torch.cumsum(lengths, 0)
+        offsets = torch.from_numpy(_offsets(id_lists))
         if not flat:
             return torch.zeros(len(id_lists), table.dim)
         rows = torch.from_numpy(table.lookup(flat, now=self.now, learn=self.learn))
@@ -71,6 +69,27 @@ class SparseLookup:
             leaf.requires_grad_(True)
             self._leaves.append((table_name, unique_rows, leaf))
         return F.embedding_bag(inverse, leaf, offsets, mode=mode)
+
+    def pool_slots(self, slots: Sequence[tuple[str, Sequence[Sequence[str]]]]) -> list[torch.Tensor]:
+        """Mean of each list's rows for every ``(table_name, id_lists)`` slot: one
+        ``(len(id_lists), dim)`` tensor per slot, in order.
+
+        The values of one :meth:`pool` per slot, but one lookup, one leaf and one ``embedding_bag``
+        per *table*: a tower reads the same table from several slots (five read ``context``), and
+        each call costs a fixed few torch operations forward and backward. A table's slots are
+        looked up together in slot order, so ids are sighted and admitted as one call per slot
+        would do it.
+        """
+        positions: dict[str, list[int]] = {}
+        for position, (table_name, _) in enumerate(slots):
+            positions.setdefault(table_name, []).append(position)
+        out: list[torch.Tensor] = [torch.empty(0)] * len(slots)
+        for table_name, members in positions.items():
+            bags = [ids for member in members for ids in slots[member][1]]
+            pooled = self.pool(table_name, bags)
+            for member, part in zip(members, pooled.split([len(slots[m][1]) for m in members])):
+                out[member] = part
+        return out
 
     def row_grads(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per table, unique rows ``(k,)`` and summed gradients ``(k, dim)`` of all leaves.
@@ -94,6 +113,14 @@ class SparseLookup:
             grads.index_add_(0, inverse, torch.cat(grad_parts))
             out[name] = (rows, grads)
         return out
+
+
+def _offsets(id_lists: Sequence[Sequence[str]]) -> np.ndarray:
+    """Where each list starts in the concatenation: int64 ``(len(id_lists),)``, starting at 0."""
+    offsets = np.zeros(len(id_lists), dtype=np.int64)
+    if len(id_lists) > 1:
+        np.cumsum(np.fromiter(map(len, id_lists[:-1]), dtype=np.int64, count=len(id_lists) - 1), out=offsets[1:])
+    return offsets
 
 
 def _pool_rows(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, total: int, mode: str) -> torch.Tensor:

@@ -145,19 +145,21 @@ class TwoTowerStudent(nn.Module):
         """
         if lookup is None:
             lookup = SparseLookup(self.tables, now=0, learn=False)
-        user_vectors = self.encode_users(users, lookup)
-        item_vectors = self.encode_items(items, lookup)
+        # Both towers' slots in one lookup: the tables they share (item, author, tag, context)
+        # are read once, user slots first, as encode_users then encode_items would.
+        user_part, item_part = list(user_slots(users).values()), list(item_slots(items).values())
+        pooled = lookup.pool_slots(user_part + item_part)
+        user_vectors = _unit_tower(self.user_tower, pooled[: len(user_part)])
+        item_vectors = _unit_tower(self.item_tower, pooled[len(user_part) :])
         return self.pair_logits(user_vectors[request_index], item_vectors[item_index])
 
     def encode_users(self, users: Sequence[UserFeatures], lookup: SparseLookup) -> torch.Tensor:
         """Unit user vectors, shape ``(len(users), output_dim)``."""
-        pooled = [lookup.pool(table, ids) for table, ids in user_slots(users).values()]
-        return F.normalize(self.user_tower(torch.cat(pooled, dim=1)), dim=1)
+        return _unit_tower(self.user_tower, lookup.pool_slots(list(user_slots(users).values())))
 
     def encode_items(self, items: Sequence[ItemFeatures], lookup: SparseLookup) -> torch.Tensor:
         """Unit item vectors, shape ``(len(items), output_dim)``."""
-        pooled = [lookup.pool(table, ids) for table, ids in item_slots(items).values()]
-        return F.normalize(self.item_tower(torch.cat(pooled, dim=1)), dim=1)
+        return _unit_tower(self.item_tower, lookup.pool_slots(list(item_slots(items).values())))
 
     def pair_logits(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
         """Row-wise ``temperature * <u, v> + bias`` for aligned ``(n, d)`` inputs: shape ``(n,)``."""
@@ -166,3 +168,9 @@ class TwoTowerStudent(nn.Module):
     def zero_row_ratio(self) -> float:
         """Share of admitted embedding rows (all tables, fallback rows excluded) that are all zero."""
         return zero_row_ratio(table.zero_rows_mask()[1] for table in self.tables.values())
+
+
+def _unit_tower(tower: nn.Module, pooled: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``tower`` over the slots' pooled embeddings (each ``(n, embedding_dim)``), L2-normalised:
+    shape ``(n, output_dim)``."""
+    return F.normalize(tower(torch.cat(list(pooled), dim=1)), dim=1)
