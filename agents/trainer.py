@@ -11,6 +11,12 @@ checkpoint), which makes every request reach the model exactly once.
 
 One trainer owns every partition of ``training-samples`` (sharding plan: docs/scaling.md).
 Learning runs in a single worker thread so the event loop keeps heartbeating and publishing.
+The loop decodes the next micro-batch while a step learns and queues it behind that step, so the
+learn thread goes from step to step without waiting for the loop; it drains the queue before a
+version or a checkpoint. Both threads share the GIL, and torch takes it back between operations,
+the backward pass included (measured: a thread holding the GIL made a backward pass ~3x slower),
+so decoding beside a step still costs that step about the decoding's CPU time: what the trainer
+costs over learning from memory is mostly what decoding a record costs (``bench.streaming_overhead``).
 
 No record stops the trainer: a record that does not decode is a dead letter; a micro-batch whose
 learn step raises is learned again one record at a time, and each record that fails alone is a
