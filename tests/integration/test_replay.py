@@ -41,6 +41,11 @@ def test_short_replay_through_the_agents_writes_a_report(stack_settings, tmp_pat
     accounted = counts["joiner_records"] + counts["joiner_orphan"]
     assert accounted == counts["answered"] or (accounted < counts["answered"] and counts["joiner_late"] > 0)
     assert cascade["model_versions_seen"] >= 2  # the scorer switched versions during the replay
+    # the driver's own CPU, per stage, and the evaluation process's beside it
+    driver = cascade["driver"]
+    assert driver["requests"] == counts["answered"] and 0 < driver["cpu_share"] and cascade["requests_per_s"] > 0
+    assert {"candidates", "send", "poll", "decode", "evaluate", "impressions"} <= set(driver["stages_ms_per_request"])
+    assert cascade["evaluator"]["process"] and cascade["evaluator"]["cpu_s"] > 0
     # Better than chance on the same candidates: scored at random, each of the fine ranker's top 10
     # of the 200 candidates lands in the top 50 with probability 50/200, so random recall@50 is 0.25
     # on average (sd about 0.13 / sqrt(audited requests)); twice that is > 4 sd over 5+ requests.
@@ -66,6 +71,7 @@ def test_short_replay_through_the_agents_writes_a_report(stack_settings, tmp_pat
     assert (tmp_path / "over_time.png").stat().st_size > 0
     assert 0.0 <= cascade["hit_rate_long_view_at_100"] <= 1.0
     run = json.loads((tmp_path / "run.json").read_text())
+    assert 0 < run["sampling"]["user_sample_rate"] <= 1.0
     assert run["prefit"]["warm_start_requests"] > 0  # the trainer started from the pre-period student
     sweep = {r["l1"]: r for r in run["l1_sweep"]["results"]}
     assert sweep[0.0]["zero_row_ratio"] == 0.0 < sweep[3.0]["zero_row_ratio"]
