@@ -11,12 +11,14 @@ checkpoint), which makes every request reach the model exactly once.
 
 One trainer owns every partition of ``training-samples`` (sharding plan: docs/scaling.md).
 Learning runs in a single worker thread so the event loop keeps heartbeating and publishing.
-The loop decodes the next micro-batch while a step learns and queues it behind that step, so the
-learn thread goes from step to step without waiting for the loop; it drains the queue before a
-version or a checkpoint. Both threads share the GIL, and torch takes it back between operations,
-the backward pass included (measured: a thread holding the GIL made a backward pass ~3x slower),
-so decoding beside a step still costs that step about the decoding's CPU time: what the trainer
-costs over learning from memory is mostly what decoding a record costs (``bench.streaming_overhead``).
+The learn thread decodes a micro-batch's records itself, right before learning them; the event
+loop only moves messages: it queues the next micro-batch behind the step learning, so the learn
+thread goes from step to step without waiting for the loop, and drains the queue before a version
+or a checkpoint. Decoding on the loop beside a step would not overlap it: both threads share the
+GIL, and torch takes it back between operations, the backward pass included (measured: a thread
+holding the GIL made a backward pass ~3x slower), so each side waits for the other and decoding
+beside a step cost more than decoding before it. What the trainer costs over learning from memory
+is what decoding and converting a record costs (``bench.streaming_overhead``).
 
 No record stops the trainer: a record that does not decode is a dead letter; a micro-batch whose
 learn step raises is learned again one record at a time, and each record that fails alone is a
@@ -68,11 +70,9 @@ class TrainerState:
 
 @dataclass
 class LearnStep:
-    """One decoded micro-batch: its records, the offsets after it, and its learn step once submitted."""
+    """One micro-batch: its messages, the offsets after it, and its learn step once submitted."""
 
-    records: list = field(default_factory=list)
-    sources: list = field(default_factory=list)  # the message each record came from (for dead letters)
-    produced_ms: list[int] = field(default_factory=list)  # producer timestamps, for freshness
+    messages: list = field(default_factory=list)  # as consumed; decoded in the learn thread
     offsets: dict[str, int] = field(default_factory=dict)  # partition -> next offset to read
     future: Future | None = None
 
@@ -123,6 +123,26 @@ class Trainer:
         self.checkpoints.save(write, self.state.offsets, self.state.counters)
         self._dirty = False
         self._last_checkpoint = time.monotonic()
+
+    def learn_messages(self, messages: list) -> dict:
+        """Decode ``messages`` and learn their records: one step, in the learn thread.
+
+        Returns :meth:`learn`'s result with ``failed`` indexed by message, and ``rejected``: the
+        ``(index, exception)`` of each message that does not decode (the loop dead-letters both).
+        """
+        records, indices, rejected = [], [], []
+        for index, message in enumerate(messages):
+            try:
+                records.append(training_samples.CODEC.decode(
+                    message.value, topic=message.topic, partition=message.partition, offset=message.offset
+                ))
+                indices.append(index)
+            except Exception as exc:  # noqa: BLE001 - any record the codec chokes on is a dead letter
+                rejected.append((index, exc))
+        result = self.learn(records) if records else {"samples": 0, "duplicates": 0, "failed": []}
+        result["failed"] = [(indices[i], exc) for i, exc in result["failed"]]
+        result["rejected"] = rejected
+        return result
 
     def learn(self, records: list) -> dict:
         """One learn step, in the learn thread; if it raises, one step per record, the records
@@ -224,14 +244,13 @@ class Trainer:
                     batches = await consumer.getmany(
                         timeout_ms=int(worker.train_batch_timeout_s * 1000), max_records=worker.train_batch_requests
                     )
-                    # Decoding this micro-batch overlaps the learn step in the learn thread.
-                    step = await self._decode_batch(batches)
+                    step = self._step(batches)
                     # Queued behind the step in flight, the learn thread goes on to this one without
                     # waiting for the loop to see the other end (a thread wake-up each way per step);
                     # not when a version or a checkpoint is due, which need nothing in flight.
-                    queued = bool(step.records and submitted) and not self._publish_or_checkpoint_due()
+                    queued = bool(step.messages and submitted) and not self._publish_or_checkpoint_due()
                     if queued:
-                        step.future = self.executor.submit(self.learn, step.records)
+                        step.future = self.executor.submit(self.learn_messages, step.messages)
                         submitted.append(step)
                     while len(submitted) > (1 if queued else 0):  # every step before the queued one
                         await self._finish(submitted[0])
@@ -240,11 +259,9 @@ class Trainer:
                         # No step is in flight here, so the model and the offsets agree: the only point
                         # where a checkpoint (or a version) may be taken.
                         await self._maybe_publish_and_checkpoint(loop)
-                        if step.records:
-                            step.future = self.executor.submit(self.learn, step.records)
+                        if step.messages:
+                            step.future = self.executor.submit(self.learn_messages, step.messages)
                             submitted.append(step)
-                        elif batches:
-                            self._apply(step, None)  # only dead letters: their offsets move on
                     try:
                         await self._maybe_record_lag(consumer)
                     except Exception as exc:  # noqa: BLE001 - a metric; the next interval tries again
@@ -258,22 +275,23 @@ class Trainer:
                 self.executor.submit(self.checkpoint).result()
             await consumer.stop()
 
-    async def _decode_batch(self, batches) -> LearnStep:
+    @staticmethod
+    def _step(batches) -> LearnStep:
+        """The micro-batch of one ``getmany``: its messages in order and the offsets after them."""
         step = LearnStep()
         for tp, messages in batches.items():
-            for message in messages:
-                record = await self._decode(message)
-                if record is not None:
-                    step.records.append(record)
-                    step.sources.append(message)
-                    step.produced_ms.append(message.timestamp)
-                step.offsets[str(tp.partition)] = message.offset + 1
+            step.messages.extend(messages)
+            if messages:
+                step.offsets[str(tp.partition)] = messages[-1].offset + 1
         return step
 
     async def _finish(self, step: LearnStep) -> None:
-        """Wait for a submitted step, count it and dead-letter the records it could not learn."""
+        """Wait for a submitted step, count it and dead-letter the messages it could not decode
+        or learn (they are not retried: their offsets moved on with the step's)."""
         result = await asyncio.wrap_future(step.future)
         self._apply(step, result)
+        for index, exc in result["rejected"]:
+            await self._dead_letter_rejected(step.messages[index], exc)
         await self._dead_letter_failed(step, result)
 
     def _publish_or_checkpoint_due(self) -> bool:
@@ -283,11 +301,11 @@ class Trainer:
             return True
         return self._dirty and now - self._last_checkpoint >= worker.checkpoint_interval_s
 
-    async def _dead_letter_failed(self, step: LearnStep, result: dict | None) -> None:
+    async def _dead_letter_failed(self, step: LearnStep, result: dict) -> None:
         """Each record its learn step could not learn alone becomes a dead letter (it is not
         retried: its offset has moved on with the step's)."""
-        for index, exc in (result or {}).get("failed", ()):
-            message = step.sources[index]
+        for index, exc in result["failed"]:
+            message = step.messages[index]
             self.metrics.count_agent_error("trainer")
             log.error("trainer: record %s[%d]@%d not learned: %s\n%s", message.topic, message.partition, message.offset,
                       bounded(f"{type(exc).__name__}: {exc}"), frames(exc))
@@ -295,13 +313,13 @@ class Trainer:
                                        offset=message.offset, key=message.key, value=message.value,
                                        what="learning record")
 
-    def _apply(self, step: LearnStep, result: dict | None) -> None:
+    def _apply(self, step: LearnStep, result: dict) -> None:
         """Count a learned step and move the offsets past it (dead letters included)."""
         self.state.offsets.update(step.offsets)
-        self._unpublished_ts_ms.extend(step.produced_ms)
+        rejected = {index for index, _ in result["rejected"]}
+        # Producer timestamps of the records in the step, for freshness.
+        self._unpublished_ts_ms.extend(m.timestamp for i, m in enumerate(step.messages) if i not in rejected)
         self._dirty = True
-        if result is None:
-            return
         self.metrics.trainer_duplicate_records_total.inc(result["duplicates"])
         if "loss" not in result:  # every record of the step was a duplicate
             return
@@ -335,19 +353,14 @@ class Trainer:
             admin.close()
         return [p["partition_index"] for t in described for p in t.get("partitions", [])]
 
-    async def _decode(self, message):
-        try:
-            return training_samples.CODEC.decode(
-                message.value, topic=message.topic, partition=message.partition, offset=message.offset
-            )
-        except RecordError as error:
-            await self.runtime.dead_letter(error, message.key, message.value, "trainer")
-            return None
-        except Exception as exc:  # noqa: BLE001 - any record the codec chokes on is a dead letter
+    async def _dead_letter_rejected(self, message, exc: Exception) -> None:
+        """The dead letter of a message that did not decode: the codec's reason, or ``internal``."""
+        if isinstance(exc, RecordError):
+            await self.runtime.dead_letter(exc, message.key, message.value, "trainer")
+        else:
             await self.runtime.survive("trainer", exc, topic=message.topic, partition=message.partition,
                                        offset=message.offset, key=message.key, value=message.value,
                                        what="decoding record")
-            return None
 
     async def _maybe_publish_and_checkpoint(self, loop) -> None:
         worker = self.settings.worker

@@ -31,6 +31,7 @@ class FakeRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.letters: list[int] = []  # offsets
+        self.survived: list[tuple[str, int]] = []  # what failed (not the codec), offset
 
     def topic_name(self, name: str) -> str:
         return TOPIC
@@ -41,6 +42,7 @@ class FakeRuntime:
 
     async def survive(self, agent, exc, *, offset=-1, **where) -> None:
         self.letters.append(offset)
+        self.survived.append((where["what"], offset))
 
 
 class FakeConsumer:
@@ -116,7 +118,7 @@ async def test_queued_steps_are_learned_and_counted_in_order_and_checkpoints_see
             running.clear()
 
     def submit(fn, *args):
-        if fn is learn:
+        if fn == trainer.learn_messages:
             queued_behind_a_running_step.append(running.is_set())
         return real_submit(fn, *args)
 
@@ -134,6 +136,15 @@ async def test_queued_steps_are_learned_and_counted_in_order_and_checkpoints_see
     monkeypatch.setattr(trainer.executor, "submit", submit)
     monkeypatch.setattr(trainer, "checkpoint", checkpoint)
     ts_of = {m.offset: int(CODEC.decode(m.value).ts_ms) for m in messages if m.offset not in bad}
+    unlearnable = 9  # decodes, but its step fails on it: learned one record at a time, it is set aside
+    real_convert = trainer_module.sample_from_record
+
+    def convert(record):
+        if record.ts_ms == ts_of[unlearnable]:
+            raise ValueError("this record cannot be learned")
+        return real_convert(record)
+
+    monkeypatch.setattr(trainer_module, "sample_from_record", convert)
     try:
         await asyncio.wait_for(trainer.run(), 60)
     finally:
@@ -141,11 +152,12 @@ async def test_queued_steps_are_learned_and_counted_in_order_and_checkpoints_see
 
     assert [ts for step in learned for ts in step] == [ts_of[o] for o in sorted(ts_of)]  # each once, in order
     assert trainer.state.offsets == {"0": len(messages)}
-    assert trainer.state.counters["records"] == len(messages) - len(bad)
-    assert sorted(trainer.runtime.letters) == sorted(bad)
+    assert trainer.state.counters["records"] == len(messages) - len(bad) - 1
+    assert sorted(trainer.runtime.letters) == sorted({*bad, unlearnable})
+    assert trainer.runtime.survived == [("learning record", unlearnable)]  # the bad JSON has the codec's reason
     assert checkpoints and all(waiting == 0 for _, _, waiting in checkpoints)
     for offsets, records, _ in checkpoints:  # the records learned are exactly those before the offsets
-        assert records == sum(1 for o in ts_of if o < offsets["0"])
+        assert records == sum(1 for o in ts_of if o < offsets["0"] and o != unlearnable)
     if checkpoint_interval_s > 1:  # nothing due: steps go straight behind the one learning
         assert any(queued_behind_a_running_step)
     else:  # a checkpoint due whenever a step was learned: the loop drains and takes one every other step
