@@ -47,8 +47,10 @@ import multiprocessing
 import os
 import resource
 import signal
+import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -253,7 +255,8 @@ class EvaluatorProcess:
     """An :class:`Evaluator` in a forked child: :meth:`evaluate` and :meth:`learn` go down the
     pipe and return at once; :meth:`save` and :meth:`summary` wait until the child has handled
     every earlier event. ``requests`` are the ones the events will name (the child looks them up
-    by id, so an event carries only the user snapshot and the response's numbers)."""
+    by id, so an event carries only the user snapshot and the response's numbers). A failure in
+    the child raises :class:`~replay.exceptions.EvaluatorFailed` on the next call."""
 
     def __init__(self, evaluator: Evaluator, requests: Sequence[Request]) -> None:
         context = multiprocessing.get_context("fork")
@@ -293,16 +296,14 @@ class EvaluatorProcess:
 
     def _send(self, message: dict) -> None:
         data = json.dumps(message).encode()
-        # Ctrl-C (or SIGTERM, which the CLI turns into Ctrl-C) half-way through a message would leave
-        # the pipe out of step: both wait until the message is written, then interrupt as usual.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
-            self._connection.send_bytes(data)
+            if self._connection.poll():  # the child does not speak unasked but to say it failed
+                self._answer()
+            with _signals_deferred():
+                self._connection.send_bytes(data)
         except OSError as error:
             raise EvaluatorFailed(f"the replay's evaluation process is gone (exit code "
                                   f"{self._process.exitcode}): {error}") from error
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def _answer(self) -> dict:
         try:
@@ -315,9 +316,31 @@ class EvaluatorProcess:
         return answer["result"]
 
 
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done, then reach their own handlers: an
+    interrupt half-way through a message would leave the pipe out of step. (Blocking the signals
+    would not do: another thread, kafka-python's, would take them.) Only the main thread can set
+    handlers; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {number: signal.signal(number, lambda signum, frame: caught.append(signum))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
 def _serve(evaluator: Evaluator, requests: Mapping[str, Request], connection, parent_end) -> None:
     """The child's loop: one event at a time, in order, until the pipe closes. The first failure
-    is kept and stops the evaluation; the next ``save`` or ``summary`` reports it."""
+    stops the evaluation: the parent is told at once (it raises on its next call), and every
+    later ``save`` or ``summary`` is answered with it too."""
     parent_end.close()  # so that the parent's exit closes the pipe for this process
     # Ctrl-C reaches the whole process group; the parent drains the requests in flight and then
     # asks for a last save, so the child keeps going until its pipe closes.
@@ -341,11 +364,10 @@ def _serve(evaluator: Evaluator, requests: Mapping[str, Request], connection, pa
                 connection.send_bytes(json.dumps(answer, default=float).encode())
             elif failure is None:
                 _handle(evaluator, requests, message)
-        except Exception:  # noqa: BLE001 (reported to the parent, now or on its next save or summary)
+        except Exception:  # noqa: BLE001 (reported to the parent, which raises it)
             failure = traceback.format_exc()
             log.error("the replay's evaluation process failed on %s: %s", message["op"], failure)
-            if message["op"] in ("save", "summary"):
-                connection.send_bytes(json.dumps({"error": failure}).encode())
+            connection.send_bytes(json.dumps({"error": failure}).encode())
 
 
 def _answer(evaluator: Evaluator, message: dict) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
 
 import numpy as np
@@ -140,14 +141,19 @@ def test_the_audit_matches_the_plain_per_candidate_computation(dataset, requests
         np.mean(expected, axis=0).tolist())
 
 
-def test_a_failure_in_the_evaluation_process_surfaces_on_the_next_answer(dataset, requests):
+def test_a_failure_in_the_evaluation_process_surfaces_on_the_next_call(dataset, requests):
     replay = new_replay(dataset)
     evaluation = EvaluatorProcess(replay.evaluator, requests[:1])  # it knows only the first request
+    user = replay.state.snapshot(requests[0])
     try:
-        user = replay.state.snapshot(requests[1])
         evaluation.evaluate(requests[1], user, {})  # returns at once; the child fails on it
-        with pytest.raises(EvaluatorFailed, match="KeyError"):
-            evaluation.summary()
+        with pytest.raises(EvaluatorFailed, match="KeyError"):  # the driver learns it without asking
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                evaluation.learn(requests[0], user)
+                time.sleep(0.05)
+        with pytest.raises(EvaluatorFailed, match="KeyError"):  # and the final save says so too
+            evaluation.save(Path("unused"))
     finally:
         evaluation.close()
 
@@ -183,3 +189,26 @@ def test_the_clock_counts_cpu_not_waiting():
         sum(i * i for i in range(2_000_000))
     assert clock.stages["waiting"] < 0.02 < clock.stages["working"]
     assert clock.summary(requests=1)["cpu_share"] < 1.0
+
+
+def test_ctrl_c_during_a_send_waits_for_the_whole_message(dataset, requests):
+    import signal
+
+    replay = new_replay(dataset)
+    evaluation = EvaluatorProcess(replay.evaluator, requests)
+    user = replay.state.snapshot(requests[0])
+    original = evaluation._connection.send_bytes
+
+    def interrupted_send(data):  # Ctrl-C arrives while the message is being written
+        signal.raise_signal(signal.SIGINT)
+        original(data)
+
+    try:
+        evaluation._connection.send_bytes = interrupted_send
+        with pytest.raises(KeyboardInterrupt):
+            evaluation.learn(requests[0], user)
+        evaluation._connection.send_bytes = original
+        assert evaluation.summary()["baseline_samples"] == 0  # the message arrived whole: the pipe is in step
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        evaluation.close()
