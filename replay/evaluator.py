@@ -13,8 +13,8 @@ and the evaluation runs on the other core.
 The events travel as JSON (no pickle). The child is forked, not spawned: it starts with the
 dataset, the teacher and the baselines already in memory (nothing to reload or serialise). It is
 forked before the driver's Kafka clients and their threads exist, and scores with one torch
-thread, so it never waits on a thread pool that stayed behind in the parent. A pipe that is full makes the driver wait: the evaluation
-never falls more than a pipe's worth of events behind.
+thread, so it never waits on a thread pool that stayed behind in the parent. A full pipe makes
+the driver wait: the evaluation never falls more than a pipe's worth of events behind.
 
 >>> import warnings
 >>> from replay.synthetic import SyntheticConfig, generate
