@@ -125,6 +125,19 @@ class ModelStore:
             raise ValueError(f"version {version}: {rows.size} values for {len(ids)} vectors of {dim}")
         return ids, rows.reshape(len(ids), dim)
 
+    def delete_everything(self) -> int:
+        """Delete every key under the prefix (a finished run's versions and catalog); the count."""
+        deleted = 0
+        batch: list = []
+        for key in self.client.scan_iter(match=f"{self.prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) == 1000:
+                deleted += self.client.delete(*batch)
+                batch = []
+        if batch:
+            deleted += self.client.delete(*batch)
+        return deleted
+
     # --- catalog --------------------------------------------------------------------------
     def put_items(self, items: Iterable[ItemFeatures]) -> None:
         pipe = self.client.pipeline(transaction=False)

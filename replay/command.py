@@ -20,8 +20,9 @@ from kafka.errors import KafkaError
 
 from core.kafka import kafka_python_options
 from core.processes import Worker
+from core.redis import RedisUnavailable, redis_client
 from core.settings import Settings
-from funnel.store import open_store
+from funnel.store import ModelStore, open_store
 from replay.candidates import CandidateConfig
 from replay.exceptions import ReplayInterrupted
 from replay.load import load_dataset
@@ -345,4 +346,9 @@ def run_replay(
         delete_topics(kafka_python_options(settings.kafka), (f"replay-{run.run_id}-", f"prerank-replay-{run.run_id}-"))
     except KafkaError as error:
         log.warning("could not delete the topics of run %s: %s", run.run_id, error)
+    for mode in params["modes"]:  # nor its versions in Redis (a mode's are ~20 MB each, for an hour)
+        try:
+            ModelStore(redis_client(settings.redis), f"replay-{run.run_id}-{mode}").delete_everything()
+        except RedisUnavailable as error:
+            log.warning("could not delete the Redis keys of run %s: %s", run.run_id, error)
     return report

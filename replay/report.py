@@ -127,7 +127,7 @@ def plot(report_dir: Path, report: Mapping[str, Mapping], run: Mapping | None = 
         for j, (name, counts) in enumerate(tiers.items()):
             total = max(1, sum(counts.values()))
             bottom = 0.0
-            for tier in ("local", "redis", "computed"):
+            for tier in ("local", "computed"):
                 share = counts.get(tier, 0) / total
                 ax.bar(j, share, bottom=bottom, label=tier if j == 0 else None)
                 bottom += share

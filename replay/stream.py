@@ -145,7 +145,7 @@ class StreamingReplay:
         self.interrupted = False
         self.latencies_ms: list[float] = []
         self.round_trips_ms: list[float] = []
-        self.tiers = {"local": 0, "redis": 0, "computed": 0}
+        self.tiers = {"local": 0, "computed": 0}
         self.counts = {"sent": 0, "answered": 0, "errors": 0, "timeouts": 0, "eval_requests": 0,
                        "impressions": 0}
         self.versions: set[int] = set()
