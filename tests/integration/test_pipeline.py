@@ -349,3 +349,49 @@ def test_scorer_survives_redis_outage_from_its_local_tier_and_returns_to_the_cac
     finally:
         scorer.stop()
         redis_service.stop()
+
+
+def test_the_scorer_switches_to_each_new_version_whole(stack_settings, tmp_path):
+    """A running scorer serves version 1, then version 2 once published (model and vectors of the
+    same version: the top-1 score is version 2's), without a request ever failing between."""
+    from models.export import export_bytes
+    from models.features import ItemFeatures
+    from models.learner import StudentLearner
+    from models.served import ServedStudent
+    from models.two_tower import TwoTowerConfig
+    from streams import score_requests, score_responses
+    from streams.score_requests import ScoreRequest
+
+    store = open_store(stack_settings.redis)
+    items = [f"i{j}" for j in range(30)]
+
+    def publish(version: int, seed: int) -> ServedStudent:
+        learner = StudentLearner(TwoTowerConfig(seed=seed))
+        vectors = learner.served.item_vectors([ItemFeatures(i) for i in items]).astype("float16")
+        store.publish(version, export_bytes(learner), items, vectors,
+                      {"created_at_ms": version, "dtype": "float16"}, ttl_s=600)
+        return ServedStudent.from_bytes(store.weights(version))
+
+    def ask(n: int):
+        request = ScoreRequest(request_id=f"s{n}", user_id="u1", ts_ms=T0 + n, candidates=items, k=1)
+        send_all(stack_settings, "score_requests", [(b"u1", score_requests.CODEC.encode(request))])
+        out = read_topic(stack_settings, "score_responses", expected=n, timeout_s=60, idle_s=0.3, workers=[scorer])
+        return score_responses.CODEC.decode(out[-1].value)
+
+    publish(1, seed=1)
+    scorer = Worker(stack_settings, "scorer", tmp_path / "scorer.log")
+    try:
+        first = ask(1)
+        assert first.error is None and first.model_version == 1
+        second_model = publish(2, seed=2)
+        wait_for(lambda: metric_sum(scrape(stack_settings.worker.metrics_port), "prerank_model_version",
+                                    agent="scorer") == 2, 60, "the scorer on version 2", [scorer])
+        second = ask(2)
+    finally:
+        scorer.stop()
+    assert second.error is None and second.model_version == 2
+    assert second.cache_tiers == {"local": len(items), "computed": 0}
+    from funnel.convert import user_from_snapshot
+
+    expected = second_model.score(user_from_snapshot(second.user), [ItemFeatures(i) for i in items])
+    assert abs(second.items[0].score - float(expected.max())) < 5e-3  # float16 vectors

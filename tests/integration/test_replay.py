@@ -40,7 +40,9 @@ def test_short_replay_through_the_agents_writes_a_report(stack_settings, tmp_pat
     assert cascade["records_learned"] == counts["joiner_records"] > 0
     accounted = counts["joiner_records"] + counts["joiner_orphan"]
     assert accounted == counts["answered"] or (accounted < counts["answered"] and counts["joiner_late"] > 0)
-    assert cascade["model_versions_seen"] >= 2  # the scorer switched versions during the replay
+    # how many versions a few seconds of replay see depends on the machine's speed; the switch
+    # itself is tested deterministically (test_pipeline: test_the_scorer_switches_to_each_new_version_whole)
+    assert cascade["model_versions_seen"] >= 1
     # the driver's own CPU, per stage, and the evaluation process's beside it
     driver = cascade["driver"]
     assert driver["requests"] == counts["answered"] and 0 < driver["cpu_share"] and cascade["requests_per_s"] > 0

@@ -203,6 +203,9 @@ def test_ctrl_c_during_a_send_waits_for_the_whole_message(dataset, requests):
         signal.raise_signal(signal.SIGINT)
         original(data)
 
+    # Python's own Ctrl-C handler, whatever this process inherited: a job started in the
+    # background of a non-interactive shell (a CI runner) has SIGINT ignored, and nothing to raise.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         evaluation._connection.send_bytes = interrupted_send
         with pytest.raises(KeyboardInterrupt):
@@ -211,4 +214,5 @@ def test_ctrl_c_during_a_send_waits_for_the_whole_message(dataset, requests):
         assert evaluation.summary()["baseline_samples"] == 0  # the message arrived whole: the pipe is in step
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
+        signal.signal(signal.SIGINT, inherited)
         evaluation.close()
