@@ -50,6 +50,7 @@ from streams.score_requests import ScoreRequest
 
 TARGETS = {"p99_ms": 1.5, "speedup": 15.0, "switch_p99_ratio": 1.2}
 REFRESH_EVERY_S = 0.5  # the scorer agent's version check (agents/serving.py)
+SWITCH_DEADLINE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,9 @@ def measure(settings: Settings, config: ScoreBenchConfig) -> dict:
             arm = "switches" if phase % 2 else "steady"
             (flipper.on.set if arm == "switches" else flipper.on.clear)()
             ends = time.monotonic() + config.phase_s
-            while time.monotonic() < ends:
+            # a switching phase lasts until it has seen a switch, on a machine of any speed
+            while time.monotonic() < ends or (arm == "switches" and len(refresher.switch_s) < phase // 2 + 1
+                                              and time.monotonic() < ends + SWITCH_DEADLINE_S):
                 request = requests[index % len(requests)]
                 index += 1
                 begun = time.perf_counter()
