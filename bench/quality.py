@@ -6,8 +6,12 @@ article's baselines, and with ``--peers`` (on by default) the peers a user would
 and river LR-FTRL (:mod:`replay.peers`), on the same exposures and candidate sets; the simulated fine
 ranker is the teacher, pre-fit on the days before ``--train-until`` and updated online. The peers
 learn every logged exposure from the log's start, like the teacher. Reports AUC / GAUC on click and long view (progressive,
-events at or after ``--eval-from``), consistency recall@50/100/200 of the teacher's top-10, the
-all-zero embedding-row ratio and the pruned export size cut, plus the ratios the targets name.
+events at or after ``--eval-from``), consistency recall@10/50/100/200 of the teacher's top-10 and
+NDCG@10 against the teacher's order (every ``--consistency-every``-th evaluated request, the teacher
+scoring every candidate), the long-view hit rate in the top-``--rank-k``, the all-zero
+embedding-row ratio and the pruned export size cut, plus the ratios the targets name. Mode
+``ranked`` is the student that learns the fine ranker's order and the feedback
+(:mod:`models.listwise`).
 
     python -m bench.quality --data /work/shared/data/kuairand-pure --baselines --json quality.json
     python -m bench.quality --quick            # a smoke run on synthetic data, a few minutes
@@ -49,7 +53,7 @@ from replay.load import load_dataset
 from replay.offline import OfflineConfig, OfflineFunnel, local_date_ms
 
 DAY_MS = 86_400_000
-MODES = ("cascade", "distill", "impressions")
+MODES = ("cascade", "distill", "impressions", "ranked")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +128,8 @@ def baseline_arms(catalog: Sequence[ItemFeatures]) -> list[RankerArm]:
 
 
 PEERS = ("vowpal_wabbit", "river_lr_ftrl")
+RANKED_RECALL_TARGET = 0.95
+RANKED_AUC_GAP = 0.01
 
 
 def peer_arms(catalog: Sequence[ItemFeatures], quick: bool, seed: int) -> list:
@@ -155,6 +161,13 @@ def comparisons(arms: dict, teacher: dict) -> dict[str, float]:
     for name, arm in arms.items():
         if name.startswith("student_") and "auc_long_view" in arm and "auc_long_view" in teacher:
             out[f"teacher_minus_{name}_auc_long_view"] = teacher["auc_long_view"] - arm["auc_long_view"]
+    ranked = arms.get("student_ranked")
+    if ranked and "auc_long_view" in teacher:
+        # issue 15: recall@100 of the fine ranker's top-10 >= 0.95 and long-view AUC >= fine ranker - 0.01
+        out["student_ranked_meets_target"] = bool(
+            ranked.get("consistency_recall_at_100", 0.0) >= RANKED_RECALL_TARGET
+            and ranked.get("auc_long_view", 0.0) >= teacher["auc_long_view"] - RANKED_AUC_GAP
+        )
     peers = {name: arms[name]["auc_long_view"] for name in PEERS if "auc_long_view" in arms.get(name, {})}
     if peers:
         best = max(peers, key=peers.get)
@@ -224,11 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def summary_table(report: dict) -> str:
-    columns = ("auc_click", "auc_long_view", "gauc_long_view", "consistency_recall_at_50",
-               "consistency_recall_at_100", "consistency_recall_at_200", "zero_row_ratio", "export_size_reduction")
+    columns = ("auc_click", "gauc_click", "auc_long_view", "gauc_long_view", "consistency_recall_at_10",
+               "consistency_recall_at_50", "consistency_recall_at_100", "consistency_recall_at_200", "ndcg_at_10",
+               "hit_rate_long_view_at_100", "eval_exposures", "zero_row_ratio", "export_size_reduction")
     rows = [("arm", *columns)]
     for name, arm in {**report["arms"], "teacher": report["teacher"]}.items():
-        rows.append((name, *(f"{arm[c]:.4f}" if isinstance(arm.get(c), float) else "-" for c in columns)))
+        rows.append((name, *(f"{arm[c]:.4f}" if isinstance(arm.get(c), float) else str(arm.get(c, "-"))
+                             for c in columns)))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in rows)
 

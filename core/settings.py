@@ -103,7 +103,7 @@ class ModelSettings(BaseModel):
     output_dim: int = Field(default=512, ge=8)
     hidden_dim: int = Field(default=512, ge=8)
     embedding_dim: int = Field(default=32, ge=4)
-    mode: Literal["cascade", "distill", "impressions"] = "cascade"
+    mode: Literal["cascade", "distill", "impressions", "ranked"] = "cascade"
     top_n: int = Field(default=10, ge=1)
     easy_negatives: int = Field(default=20, ge=0)
     min_count: int = Field(default=1, ge=1)

@@ -14,6 +14,8 @@ of impressions; users whose impressions are all one class have no AUC and are sk
 0.0
 >>> hit_rate_at_k(relevant=[False, True, False], scores=[0.9, 0.5, 0.1], k=1)
 0.0
+>>> ndcg_at_k(teacher_gains([3.0, 2.0, 1.0], n=2), scores=[3.0, 2.0, 1.0], k=2)
+1.0
 """
 
 from __future__ import annotations
@@ -131,3 +133,37 @@ def hit_rate_at_k(relevant: Sequence[bool] | np.ndarray, scores: Sequence[float]
     if not r.any():
         return float("nan")
     return float(r[top_k(scores, k)].any())
+
+
+def teacher_gains(teacher_scores: Sequence[float] | np.ndarray, n: int = 10) -> np.ndarray:
+    """Graded relevance from the fine ranker's order: ``n`` for its best item, ``n - 1`` for the
+    next, ... 1 for its ``n``-th, 0 for the rest (float64, shape ``(len(teacher_scores),)``).
+
+    >>> teacher_gains([0.1, 0.9, 0.5, 0.3], n=2).tolist()
+    [0.0, 2.0, 1.0, 0.0]
+    """
+    gains = np.zeros(len(teacher_scores), dtype=np.float64)
+    best = top_k(teacher_scores, n)
+    gains[best] = n - np.arange(len(best), dtype=np.float64)
+    return gains
+
+
+def ndcg_at_k(gains: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray, k: int = 10) -> float:
+    """NDCG@``k`` of ``scores``' top-``k`` for graded relevance ``gains`` (linear gains,
+    ``1 / log2(rank + 1)`` discounts); nan when no gain is positive.
+
+    >>> round(ndcg_at_k([0.0, 2.0, 1.0], scores=[0.9, 0.5, 0.1], k=2), 4)  # (2 / log2 3) / (2 + 1 / log2 3)
+    0.4796
+    >>> ndcg_at_k([0.0, 0.0], scores=[1.0, 0.0], k=1)
+    nan
+    """
+    g = np.asarray(gains, dtype=np.float64)
+    if len(g) != len(scores):
+        raise ValueError(f"{len(g)} gains for {len(scores)} scores")
+    discounts = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
+    ideal = np.sort(g)[::-1][:k]
+    ideal_dcg = float((ideal * discounts[: len(ideal)]).sum())
+    if ideal_dcg <= 0:
+        return float("nan")
+    picked = g[top_k(scores, k)]
+    return float((picked * discounts[: len(picked)]).sum() / ideal_dcg)

@@ -6,7 +6,8 @@
 2. runs the module's ``forward`` (:meth:`~models.two_tower.TwoTowerStudent.forward`): the user
    tower once per request and the item tower once per unique item (admitting ids, touching
    rows), broadcast to the pairs' logits;
-3. computes the loss of the mode (:class:`~models.losses.StudentObjective`), back-propagates,
+3. computes the loss of the mode (:class:`~models.losses.StudentObjective`; the labels carry each
+   request's segment of the pairs, which mode ``ranked`` groups its listwise softmax by), back-propagates,
    steps AdaGrad on dense parameters and FTRL on the touched embedding rows (one
    :class:`~models.optim.SparseDenseOptimizer` step, shared with the teacher's learner);
 4. advances ``step``, evicts rows untouched for the TTL (event time = largest ``ts_ms`` seen).
@@ -55,6 +56,8 @@ from models.sparse import SparseLookup
 from models.two_tower import TwoTowerConfig, TwoTowerStudent
 
 CHECKPOINT_FORMAT = "prerank.student_learner/1"
+RANKED_FIELDS = ("listwise_weight", "feedback_loss_weight", "listwise_temperature", "unscored_negatives")
+"""The ``ranked`` mode's settings of :class:`~models.losses.StudentObjective`, kept in checkpoints."""
 
 
 class JointTeacher(Protocol):
@@ -209,6 +212,7 @@ class StudentLearner:
             "feedback_weights": dict(objective.feedback_weights),
             "teacher_weights": dict(objective.teacher_weights),
             "distill_lambda": schedule_to_dict(objective.distill_lambda),
+            **{name: getattr(objective, name) for name in RANKED_FIELDS},
             **self.optimizer.settings(),  # "ftrl", "dense_lr"
             "step": self.step,
             "clock_ms": self.clock_ms,
@@ -228,6 +232,7 @@ class StudentLearner:
             mode=info["mode"], feedback_weights=info["feedback_weights"],
             teacher_weights=info["teacher_weights"],
             distill_lambda=schedule_from_dict(info["distill_lambda"]),
+            **{name: info[name] for name in RANKED_FIELDS if name in info},  # older checkpoints: defaults
         )
         learner = cls(
             TwoTowerConfig.from_dict(json.loads(metadata["config"])), objective,

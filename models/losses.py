@@ -1,10 +1,14 @@
-"""Training objectives of the student: ``cascade``, ``distill`` and ``impressions``.
+"""Training objectives of the student: ``cascade``, ``distill``, ``impressions`` and ``ranked``.
 
 * ``cascade``: BCE on the fine ranker's top-N labels (1 in the top-N, 0 for the other
   fine-ranked candidates and the sampled easy negatives).
 * ``distill``: BCE on feedback + ``lambda(step) * MSE(student logit, teacher logit)``, plus the
   teacher's own loss when a local teacher is trained jointly (added by the learner).
 * ``impressions``: BCE on feedback (click / long view) of exposed items only: the old way.
+* ``ranked``: ``listwise_weight * KL(softmax(teacher / T) || softmax(student))`` per request over
+  the items the fine ranker scored (its *order*, :func:`models.listwise.listwise_kl`; unscored easy
+  negatives take no target mass) ``+ feedback_loss_weight * BCE`` on feedback of exposed items: a
+  student that agrees with the fine ranker and predicts feedback (RankFlow / COPR style).
 
 Feedback is a soft label ``sum_o w_o * y_o / sum_o w_o`` over the objectives of
 ``feedback_weights`` (default click and long view, equally weighted); BCE against it has the
@@ -30,11 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.exceptions import ConfigError
+from models.exceptions import ConfigError, InputError
 from models.features import OBJECTIVES, RequestSample
+from models.listwise import listwise_kl
 
-LossMode = Literal["cascade", "distill", "impressions"]
-LOSS_MODES: tuple[str, ...] = ("cascade", "distill", "impressions")
+LossMode = Literal["cascade", "distill", "impressions", "ranked"]
+LOSS_MODES: tuple[str, ...] = ("cascade", "distill", "impressions", "ranked")
 
 DEFAULT_FEEDBACK_WEIGHTS: Mapping[str, float] = MappingProxyType({"click": 1.0, "long_view": 1.0})
 DEFAULT_TEACHER_WEIGHTS: Mapping[str, float] = MappingProxyType({"click": 1.0, "long_view": 1.0, "like": 0.5})
@@ -109,12 +114,15 @@ def combine(logits_by_objective: Mapping[str, np.ndarray], weights: Mapping[str,
 class PairLabels:
     """Labels of a batch flattened to (request, item) pairs, all shape ``(n_pairs,)``.
 
-    ``-1`` marks unknown labels; ``teacher`` holds ``nan`` where unscored.
+    ``-1`` marks unknown labels; ``teacher`` holds ``nan`` where unscored. ``offsets`` (int64,
+    shape ``(n_requests + 1,)``) groups the pairs by request: request ``r`` owns pairs
+    ``offsets[r]:offsets[r + 1]`` (``None`` when the grouping is unknown; mode ``ranked`` needs it).
     """
 
     cascade: torch.Tensor
     feedback: Mapping[str, torch.Tensor]
     teacher: Mapping[str, torch.Tensor]
+    offsets: torch.Tensor | None = None
 
     @classmethod
     def from_samples(cls, samples: Sequence[RequestSample]) -> PairLabels:
@@ -134,10 +142,12 @@ class PairLabels:
                 teacher[objective] = flat(
                     s.teacher_logits.get(objective, (math.nan,) * s.n_items) for s in samples
                 )
+        lengths = np.fromiter((s.n_items for s in samples), dtype=np.int64, count=len(samples))
         return cls(
             cascade=flat(s.cascade for s in samples),
             feedback={o: flat(getattr(s, o) for s in samples) for o in OBJECTIVES},
             teacher=teacher,
+            offsets=torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)),
         )
 
     def soft_feedback(self, weights: Mapping[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,16 +191,40 @@ class StudentObjective:
     """The student's loss for a ``mode``; call it with logits, labels and the step.
 
     Returns the total loss and its parts (floats) for logging.
+
+    Parameters
+    ----------
+    mode
+        One of :data:`LOSS_MODES` (see the module docstring).
+    feedback_weights, teacher_weights
+        Objectives' weights in the soft feedback label and in the combined teacher logit.
+    distill_lambda
+        ``distill``: weight of the MSE to the teacher's logit by step.
+    listwise_weight, feedback_loss_weight
+        ``ranked``: weights of the listwise term and of the feedback BCE.
+    listwise_temperature
+        ``ranked``: divides the teacher's logits in the target softmax.
+    unscored_negatives
+        ``ranked``: items the fine ranker did not score stay in the student's softmax (target 0).
     """
 
     mode: LossMode = "cascade"
     feedback_weights: Mapping[str, float] = field(default_factory=lambda: DEFAULT_FEEDBACK_WEIGHTS)
     teacher_weights: Mapping[str, float] = field(default_factory=lambda: DEFAULT_TEACHER_WEIGHTS)
     distill_lambda: LambdaSchedule = LinearLambda()
+    listwise_weight: float = 1.0
+    feedback_loss_weight: float = 1.0
+    listwise_temperature: float = 1.0
+    unscored_negatives: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in LOSS_MODES:
             raise ConfigError(f"mode must be one of {LOSS_MODES}, got {self.mode!r}")
+        for name in ("listwise_weight", "feedback_loss_weight"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.listwise_temperature > 0:
+            raise ConfigError(f"listwise_temperature must be > 0, got {self.listwise_temperature}")
         for name in ("feedback_weights", "teacher_weights"):
             unknown = set(getattr(self, name)) - set(OBJECTIVES)
             if unknown:
@@ -210,10 +244,25 @@ class StudentObjective:
             return feedback, {"loss": float(feedback.detach()), "feedback_bce": float(feedback.detach())}
         if teacher_logit is None:
             teacher_logit = labels.teacher_logit(self.teacher_weights)
+        if self.mode == "ranked":
+            return self._ranked(logits, labels, feedback, teacher_logit)
         weight = self.distill_lambda(step)
         distill = masked_mse(logits, teacher_logit.detach())
         loss = feedback + weight * distill
         return loss, {
             "loss": float(loss.detach()), "feedback_bce": float(feedback.detach()),
             "distill_mse": float(distill.detach()), "lambda": weight,
+        }
+
+    def _ranked(
+        self, logits: torch.Tensor, labels: PairLabels, feedback: torch.Tensor, teacher_logit: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if labels.offsets is None:
+            raise InputError("mode 'ranked' needs the pairs grouped by request (PairLabels.offsets)")
+        listwise = listwise_kl(logits, teacher_logit.detach(), labels.offsets, self.listwise_temperature,
+                               self.unscored_negatives)
+        loss = self.feedback_loss_weight * feedback + self.listwise_weight * listwise
+        return loss, {
+            "loss": float(loss.detach()), "feedback_bce": float(feedback.detach()),
+            "listwise_kl": float(listwise.detach()),
         }

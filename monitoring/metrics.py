@@ -66,7 +66,7 @@ CACHE_TIERS = ("local", "computed")  # in process (resident or cached), or the i
 FEEDBACK_LABELS = ("click", "long_view")
 RECALL_AT_K = (50, 100, 200)
 JOIN_EVENTS = ("late", "orphan", "duplicate", "ahead")
-LOSS_MODES = ("cascade", "distill", "impressions")
+LOSS_MODES = ("cascade", "distill", "impressions", "ranked")
 SCORER_STAGES = ("decode", "user_features", "user_tower", "item_vectors", "product_top_k", "response", "encode",
                  "produce")  # a request's CPU, in order: the agent's stages around funnel.scoring's
 SCORER_ERROR_REASONS = ("invalid_request", "too_many_candidates", "no_model", "response_too_large", "internal")

@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", default=None, help="last date (exclusive), YYYY-MM-DD")
     p.add_argument("--train-until", default=None, help="pre-fit the fine ranker before this date (default: --eval-from)")
     p.add_argument("--eval-from", default=None, help="metrics cover events at or after this date (default: the last two days)")
-    p.add_argument("--mode", action="append", choices=("cascade", "distill", "impressions"))
+    p.add_argument("--mode", action="append", choices=("cascade", "distill", "impressions", "ranked"))
     p.add_argument("--baselines", action="store_true", help="also evaluate global CTR, LR-FTRL and an online tree")
     sampled = p.add_mutually_exclusive_group()
     sampled.add_argument("--max-requests", type=int, default=3000, help="user-sampled requests streamed per mode")

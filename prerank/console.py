@@ -23,6 +23,7 @@ ARMS = {
     "cascade": "two-tower student trained on cascade labels (the fine ranker's top-N are the positives)",
     "distill": "two-tower student distilled from the fine ranker's logits with a growing lambda",
     "impressions": "two-tower student trained on logged feedback only (click / long view): the old way",
+    "ranked": "two-tower student learning the fine ranker's order (listwise softmax) plus feedback BCE",
     "global_ctr": "baseline: one global click rate per item (popularity)",
     "logistic_ftrl": "baseline: river logistic regression with FTRL over one-hot ids",
     "online_tree": "baseline: river Hoeffding tree over running item/user statistics",

@@ -41,7 +41,7 @@ from streams.registry import delete_topics
 
 log = logging.getLogger(__name__)
 
-MODES = ("cascade", "distill", "impressions")
+MODES = ("cascade", "distill", "impressions", "ranked")
 MIN_JOIN_WINDOW_S = 3600.0
 MAX_JOIN_WINDOW_S = 12 * 3600.0
 

@@ -8,7 +8,7 @@
 >>> consistency = ConsistencyLog(n=1, ks=(1, 2))
 >>> consistency.add(teacher_scores=[3.0, 2.0, 1.0], student_scores=[0.0, 2.0, 1.0])
 >>> consistency.summary()
-{'consistency_recall_at_1': 0.0, 'consistency_recall_at_2': 0.0, 'consistency_requests': 1}
+{'consistency_recall_at_1': 0.0, 'consistency_recall_at_2': 0.0, 'ndcg_at_10': 0.5, 'consistency_requests': 1}
 >>> hits = HitRateLog("long_view", k=1)
 >>> hits.add(relevant=[False, True], scores=[0.2, 0.9]); hits.add(relevant=[True, False], scores=[0.2, 0.9])
 >>> hits.add(relevant=[False, False], scores=[0.2, 0.9])  # nothing relevant: not counted
@@ -22,7 +22,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from funnel.metrics import auc, consistency_recall, gauc, hit_rate_at_k
+from funnel.metrics import auc, consistency_recall, gauc, hit_rate_at_k, ndcg_at_k, teacher_gains
+
+NDCG_K = 10
 
 
 class FeedbackLog:
@@ -65,24 +67,29 @@ class FeedbackLog:
 
 
 class ConsistencyLog:
-    """Mean recall of the teacher's top-``n`` inside the pre-ranker's top-k, for each k."""
+    """Mean recall of the teacher's top-``n`` inside the pre-ranker's top-k, for each k, and the
+    mean NDCG@10 of the pre-ranker's top-10 against the teacher's order (gains ``n .. 1`` for the
+    teacher's top-``n``: :func:`funnel.metrics.teacher_gains`)."""
 
-    def __init__(self, n: int = 10, ks: Sequence[int] = (50, 100, 200)) -> None:
+    def __init__(self, n: int = 10, ks: Sequence[int] = (10, 50, 100, 200)) -> None:
         self.n = n
         self.ks = tuple(ks)
         self._recalls: list[list[float]] = [[] for _ in self.ks]
+        self._ndcgs: list[float] = []
 
     def add(self, teacher_scores: Sequence[float] | np.ndarray, student_scores: Sequence[float] | np.ndarray) -> None:
         for k, recalls in zip(self.ks, self._recalls):
             recalls.append(consistency_recall(teacher_scores, student_scores, self.n, k))
+        self._ndcgs.append(ndcg_at_k(teacher_gains(teacher_scores, self.n), student_scores, NDCG_K))
 
     def state(self) -> dict:
-        return {"n": self.n, "ks": list(self.ks), "recalls": self._recalls}
+        return {"n": self.n, "ks": list(self.ks), "recalls": self._recalls, "ndcgs": self._ndcgs}
 
     @classmethod
     def from_state(cls, state: dict) -> ConsistencyLog:
         log = cls(state["n"], state["ks"])
         log._recalls = [list(r) for r in state["recalls"]]
+        log._ndcgs = list(state.get("ndcgs", []))  # a state saved before NDCG was logged has none
         return log
 
     def summary(self) -> dict[str, float | int]:
@@ -90,6 +97,8 @@ class ConsistencyLog:
             f"consistency_recall_at_{k}": float(np.mean(r)) if r else float("nan")
             for k, r in zip(self.ks, self._recalls)
         }
+        ndcgs = [v for v in self._ndcgs if not np.isnan(v)]
+        out[f"ndcg_at_{NDCG_K}"] = float(np.mean(ndcgs)) if ndcgs else float("nan")
         out["consistency_requests"] = len(self._recalls[0]) if self._recalls else 0
         return out
 

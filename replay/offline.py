@@ -87,7 +87,7 @@ class OfflineConfig:
     rank_k: int = 100
     labels: LabelConfig = LabelConfig(top_n=10, n_easy_negatives=20)
     consistency_every: int = 10
-    consistency_ks: tuple[int, ...] = (50, 100, 200)
+    consistency_ks: tuple[int, ...] = (10, 50, 100, 200)
     batch_requests: int = 64
     teacher_batch_requests: int = 256
     request_gap_ms: int = DEFAULT_GAP_MS

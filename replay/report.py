@@ -2,7 +2,7 @@
 
 >>> table = markdown_table({"cascade": {"auc_click": 0.61, "requests": 10}})
 >>> table.splitlines()[2]
-'| cascade | 0.610 | nan | nan | nan | nan | nan | nan | nan | nan | 10 | 0 |'
+'| cascade | 0.610 | nan | nan | nan | nan | nan | nan | nan | nan | nan | nan | nan | 10 | 0 |'
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 COLUMNS = (
-    "auc_click", "auc_long_view", "gauc_long_view", "consistency_recall_at_50",
-    "consistency_recall_at_100", "consistency_recall_at_200", "hit_rate_long_view_at_100", "zero_row_ratio",
-    "export_size_reduction", "requests", "samples_learned",
+    "auc_click", "gauc_click", "auc_long_view", "gauc_long_view", "consistency_recall_at_10",
+    "consistency_recall_at_50", "consistency_recall_at_100", "consistency_recall_at_200", "ndcg_at_10",
+    "hit_rate_long_view_at_100", "zero_row_ratio", "export_size_reduction", "requests", "samples_learned",
 )
 
 

@@ -79,7 +79,7 @@ class StreamConfig:
     inflight: int = 16
     consistency_every: int = 5
     consistency_n: int = 10
-    consistency_ks: tuple[int, ...] = (50, 100, 200)
+    consistency_ks: tuple[int, ...] = (10, 50, 100, 200)
     prefit_days: float = 2.0  # requests this long before train_until warm the state and fit the teacher
     request_gap_ms: int = DEFAULT_GAP_MS
     candidates: CandidateConfig = CandidateConfig()

@@ -245,3 +245,20 @@ def test_a_cut_sample_is_a_prefix_within_the_budget(sample, budget):
     back, whole = comparable(sample_from_record(record)), comparable(sample)
     assert back[3] == whole[3][:n] and all(b == w[:n] for b, w in zip(back[4:8], whole[4:8]))
     assert back[8] == {o: values[:n] for o, values in whole[8].items()}
+
+
+def test_the_ranked_mode_learns_a_batch_through_the_topic_bytes_like_the_batch_itself():
+    """What mode ``ranked`` needs (teacher logits, ``nan`` where unscored, one segment per
+    request) survives the training-samples topic: the trainer's step is the in-process one."""
+    from models.learner import StudentLearner
+    from models.losses import StudentObjective
+    from models.synthetic import SyntheticRequests
+    from models.two_tower import TwoTowerConfig
+
+    batch = SyntheticRequests(seed=5, n_users=20, n_items=60, items_per_request=7).batch(6)
+    wired = [sample_from_record(training_samples.CODEC.decode(training_samples.CODEC.encode(record_from_sample(s))))
+             for s in batch]
+    config = TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=8, min_count=1)
+    direct, through = (StudentLearner(config, StudentObjective("ranked")) for _ in range(2))
+    first, second = direct.learn_many(batch), through.learn_many(wired)
+    assert first["listwise_kl"] > 0 and first == second

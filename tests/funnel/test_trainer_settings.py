@@ -11,3 +11,21 @@ def test_ftrl_l1_comes_from_the_settings():
     learner = new_learner(settings)
     assert learner.optimizer.ftrl.config.l1 == 0.1 and learner.objective.mode == "distill"
     assert new_learner(Settings()).optimizer.ftrl.config.l1 == Settings().model.ftrl_l1
+
+
+def test_every_list_of_loss_modes_is_the_models_list():
+    from bench.quality import MODES as BENCH_MODES
+    from models.losses import LOSS_MODES
+    from monitoring.metrics import LOSS_MODES as METRIC_MODES
+    from replay.command import MODES as REPLAY_MODES
+
+    assert BENCH_MODES == METRIC_MODES == REPLAY_MODES == LOSS_MODES
+
+
+def test_every_loss_mode_is_a_setting():
+    from typing import get_args
+
+    from core.settings import ModelSettings
+    from models.losses import LOSS_MODES
+
+    assert set(get_args(ModelSettings.model_fields["mode"].annotation)) == set(LOSS_MODES)

@@ -31,6 +31,7 @@ FACTORIES = {
     "student-cascade": _student("cascade"),
     "student-distill": _student("distill", min_count=2),
     "student-impressions": _student("impressions"),
+    "student-ranked": _student("ranked"),
     "teacher-wide-deep": lambda: TeacherLearner(TeacherConfig("wide_deep", embedding_dim=4, hidden_sizes=(8,))),
     "teacher-mmoe": lambda: TeacherLearner(TeacherConfig("mmoe", embedding_dim=4, expert_sizes=(8, 4), tower_hidden=4)),
     "global-ctr": GlobalCTR,

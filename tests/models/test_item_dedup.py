@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from models.learner import StudentLearner, flatten_pairs
-from models.losses import PairLabels, StudentObjective
+from models.losses import LOSS_MODES, PairLabels, StudentObjective
 from models.sparse import SparseLookup
 from models.synthetic import SyntheticRequests
 from models.tokens import item_slots, user_slots
@@ -56,7 +56,7 @@ def _per_pair(samples):
     return items, request_index, torch.arange(len(items))
 
 
-@pytest.mark.parametrize("mode", ["cascade", "distill", "impressions"])
+@pytest.mark.parametrize("mode", LOSS_MODES)
 def test_deduplicated_items_give_the_loss_and_gradients_of_one_tower_pass_per_pair(mode):
     samples = _batch_with_repeats()
     objective = StudentObjective(mode)

@@ -8,7 +8,7 @@ import torch
 
 from models.ftrl import FTRLConfig
 from models.learner import StudentLearner
-from models.losses import StudentObjective
+from models.losses import LOSS_MODES, StudentObjective
 from models.two_tower import TwoTowerConfig
 
 
@@ -24,7 +24,7 @@ def test_zero_row_ratio_rises_with_l1(small_config, stream):
     assert ratios[0] < 0.05 and ratios[-1] > 0.9
 
 
-@pytest.mark.parametrize("mode", ["cascade", "distill", "impressions"])
+@pytest.mark.parametrize("mode", LOSS_MODES)
 def test_each_mode_reduces_its_loss_on_a_repeated_batch(small_config, stream, mode):
     learner = StudentLearner(small_config, StudentObjective(mode), dense_lr=0.05, ftrl=FTRLConfig(l1=0.0, alpha=0.5))
     batch = stream.batch(16)
@@ -70,3 +70,12 @@ def test_checkpoint_round_trip_continues_identically(small_config, stream, tmp_p
     for (name, a), b in zip(learner.student.tables.items(), restored.student.tables.values()):
         n = a.id_map.n_rows
         assert torch.equal(a.weight[:n], b.weight[:n]), name
+
+
+def test_ranked_settings_survive_a_checkpoint(small_config, stream, tmp_path):
+    objective = StudentObjective("ranked", listwise_weight=0.3, feedback_loss_weight=2.0, listwise_temperature=1.5,
+                                 unscored_negatives=False)
+    learner = StudentLearner(small_config, objective)
+    learner.learn_many(stream.batch(4))
+    learner.save(tmp_path / "ckpt.safetensors")
+    assert StudentLearner.load(tmp_path / "ckpt.safetensors").objective == objective

@@ -11,6 +11,7 @@ import torch
 from models.exceptions import ConfigError
 from models.features import ItemFeatures, RequestSample, UserFeatures
 from models.losses import (
+    LOSS_MODES,
     ConstantLambda,
     LinearLambda,
     PairLabels,
@@ -96,7 +97,7 @@ def test_distill_adds_lambda_times_mse_on_scored_items():
 
 def test_losses_are_zero_without_valid_labels():
     sample = RequestSample("r", 0, UserFeatures("u"), (ItemFeatures("i"),), (-1,), (-1,), (-1,), (-1,))
-    for mode in ("cascade", "impressions", "distill"):
+    for mode in LOSS_MODES:
         loss, _ = StudentObjective(mode)(torch.tensor([0.3], requires_grad=True), PairLabels.from_samples([sample]), 0)
         assert float(loss.detach()) == 0.0
         loss.backward()

@@ -136,13 +136,14 @@ def test_teacher_samples_hold_exposures_only_and_no_future_history(dataset):
         assert exposed_ids <= later_or_now
 
 
-def test_student_arm_runs_in_the_funnel(dataset):
+@pytest.mark.parametrize("mode", ["cascade", "ranked"])
+def test_student_arm_runs_in_the_funnel(dataset, mode):
     from models.learner import StudentLearner
     from models.losses import StudentObjective
     from models.two_tower import TwoTowerConfig
 
     learner = StudentLearner(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=8, min_count=1),
-                             objective=StudentObjective(mode="cascade"))
+                             objective=StudentObjective(mode=mode))
     arm = StudentArm("student", learner, list(dataset.catalog.values()), refresh_every=2)
     random_arm = RankerArm("random", RandomRanker(seed=0), list(dataset.catalog.values()))
     config = make_config(dataset, max_requests=150, rank_k=250)  # top-K = every candidate
@@ -160,6 +161,7 @@ def test_student_arm_runs_in_the_funnel(dataset):
         assert abs(chance[f"consistency_recall_at_{k}"] - k / n_candidates) < 0.1, (k, chance)
         assert student[f"consistency_recall_at_{k}"] >= chance[f"consistency_recall_at_{k}"] + 0.4, (k, student)
     assert student["consistency_recall_at_20"] >= 0.5  # 6 times chance
+    assert student["ndcg_at_10"] >= chance["ndcg_at_10"] + 0.2, (student["ndcg_at_10"], chance["ndcg_at_10"])
     # The fake teacher's quality is a hash of the item id, unrelated to clicks: the data guarantees
     # no click AUC above 0.5 for an arm that imitates it, so only that there is one.
     assert math.isfinite(student["auc_click"])

@@ -39,6 +39,13 @@ def test_comparisons_are_differences_and_ratios():
     assert out["teacher_minus_student_impressions_auc_long_view"] == pytest.approx(0.01)
 
 
+def test_the_ranked_target_needs_both_consistency_and_auc():
+    teacher = {"auc_long_view": 0.75}
+    for recall, auc, met in ((0.96, 0.745, True), (0.94, 0.75, False), (0.99, 0.739, False)):
+        arms = {"student_ranked": {"consistency_recall_at_100": recall, "auc_long_view": auc}}
+        assert comparisons(arms, teacher)["student_ranked_meets_target"] is met
+
+
 def test_parser_and_bad_modes():
     args = build_parser().parse_args(["--modes", "cascade", "--candidates", "300", "--quick"])
     assert args.modes == "cascade" and args.candidates == 300 and args.quick and args.data is None
