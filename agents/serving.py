@@ -365,20 +365,21 @@ def _install_scorer(runtime: Runtime, serving: Serving, snapshot) -> None:
                              error=bounded(error, 500), ts_ms=request.ts_ms,
                              model_version=-1 if scorer.version is None else scorer.version)
 
-    async def respond(event, request: ScoreRequest, response: ScoreResponse, stages: dict[str, float]) -> None:
-        """Send the response (queued for the producer, not awaited); one that cannot be encoded or
-        sent (over the budget, refused) is replaced by an error response saying why, and a request
-        that cannot be answered even so becomes a dead letter."""
+    async def respond(event, request: ScoreRequest, response: ScoreResponse, stages: dict[str, float]):
+        """Send the response; returns its delivery (awaited with the batch's, before the batch's
+        offsets can be committed). A response that cannot be encoded or sent (over the budget,
+        refused) is replaced by an error response saying why; a request that cannot be answered
+        even so becomes a dead letter (and None is returned)."""
         topic = runtime.topic("score_responses")
         key = request.user_id.encode()
         try:
             started = time.perf_counter()
             value = score_responses.CODEC.encode(response)
             encoded = time.perf_counter()
-            await topic.send(key=key, value=value)
+            delivery = await topic.send(key=key, value=value, force=True)
             stages["encode"] += encoded - started
             stages["produce"] += time.perf_counter() - encoded
-            return
+            return delivery
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - answered below with an error response
@@ -389,13 +390,15 @@ def _install_scorer(runtime: Runtime, serving: Serving, snapshot) -> None:
                 reason="response_too_large" if label == "output_too_large" else "internal").inc()
             problem = f"response not sent ({label}): {type(exc).__name__}: {exc}"
         try:
-            await topic.send(key=key, value=score_responses.CODEC.encode(error_response(request, problem)))
+            return await topic.send(key=key, value=score_responses.CODEC.encode(error_response(request, problem)),
+                                    force=True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001
             await runtime.survive("scorer", exc, topic=event.message.topic, partition=event.message.partition,
                                   offset=event.message.offset, key=event.key, value=event.value,
                                   what="error response to request")
+            return None
 
     async def decoded(events) -> list[tuple[object, ScoreRequest]]:
         """The batch's valid requests with their events; each invalid one is a dead letter."""
@@ -447,10 +450,17 @@ def _install_scorer(runtime: Runtime, serving: Serving, snapshot) -> None:
                             bounded(f"{type(exc).__name__}: {exc}"))
                 responses = answered_one_by_one(requests)
             stages = {"decode": decode_s, "encode": 0.0, "produce": 0.0}
+            deliveries = []
             for (event, request), response in zip(batch, responses):
                 async with runtime.isolated("scorer", event):
-                    await respond(event, request, response, stages)
+                    deliveries.append((event, await respond(event, request, response, stages)))
             metrics.add_scorer_stages(stages)
+            # The batch's events are acked when this step ends, and an acked offset may be
+            # committed: a response still in the producer's buffer would be lost with the worker.
+            for event, delivery in deliveries:
+                if delivery is not None:
+                    async with runtime.isolated("scorer", event):
+                        await delivery
 
     class ScoreView(faust_web.View):
         """``POST /score`` with a JSON score request: 400 bad input, 411 no length, 413 huge body."""

@@ -87,11 +87,19 @@ def run_worker(settings: Settings, agents: list[str], extra: list[str] | None = 
         if not watch.parent_alive():
             raise PrerankError(f"worker: parent process {parent_pid} is already gone")
         watch.start()
+    from core.memory import freeze_survivors, tune_collector
     from core.threads import limit_threads
 
     limit_threads(settings.worker.torch_threads)
+    tune_collector(settings.worker.gc_young_objects)
     web_port = settings.worker.web_port + index
     runtime, _, _ = build(settings, chosen, web_port=web_port)
+
+    @runtime.app.task
+    async def freeze_startup_objects():
+        # what start-up built lives as long as the worker: out of every later collection
+        freeze_survivors()
+
     server = serve_metrics(REGISTRY, settings.worker.metrics_port + index, settings.worker.metrics_host)
     log.info("worker %s: agents %s, metrics on :%d", runtime.app.conf.id, sorted(chosen), server.port)
     sys.argv = ["prerank-worker", "worker", "--web-port", str(web_port),

@@ -142,6 +142,7 @@ class WorkerSettings(BaseModel):
     scorer_batch_wait_s: float = Field(default=0.003, gt=0)  # the most a request waits for its batch to fill
     catalog_items: int = Field(default=200_000, ge=1)  # item features held per worker (LRU over Redis)
     torch_threads: int = Field(default=1, ge=1)  # per worker process: workers share the cores
+    gc_young_objects: int = Field(default=50_000, ge=100)  # allocations between young collections (core.memory)
     teacher_path: Path | None = None  # the simulated fine ranker's model (written by `prerank replay`)
     rank_k: int = Field(default=100, ge=1)  # how many of the pre-ranker's top items the fine ranker scores
     audit_every: int = Field(default=20, ge=0)  # 1 in N responses carries every candidate (0: never)
