@@ -3,21 +3,24 @@ the highest rate it sustains.
 
 Set-up: a student (default sizes: 512-d towers) briefly trained on synthetic requests is published
 as a model version (``funnel.publishing.Publisher``: the item vectors of a 20,000-item hot set and
-the pruned weights in Redis, catalog features too), then one scorer worker is started.
+the pruned weights in Redis, catalog features too), then ``--workers`` scorer workers are started
+(one consumer group: Kafka splits the request partitions between them; a step starts once every
+worker has answered a request).
 
 A step sends ``score-requests`` (1000 candidates drawn from the hot set, k=100) at a steady rate
 for a bounded time, and one aiokafka consumer matches ``score-responses`` by request id. Round
 trip = send call -> response fetched, in this process's clock. A step passes when every request
 is answered and the round trip's p99 is at most 50 ms (``--find-max``) or when every request is
-answered (``--rate``). Each step reports the worker's CPU per request split by stage (the
-worker's ``prerank_scorer_stage_seconds_total``, scraped before and after), and the CPU shares of
-the worker and of this load generator over the step.
+answered (``--rate``). Each step reports the workers' CPU per request split by stage (their
+``prerank_scorer_stage_seconds_total``, scraped before and after, summed over workers), and the
+CPU shares of the workers (together) and of this load generator over the step.
 
 ``--find-max`` tries rising rates (doubling from ``--rate``, then bisecting between the last pass
 and the first failure) and writes ``max_rate_rps``, the highest rate that passed.
 
     python -m bench.scoring_topic --rate 200 --json scoring.json   # or: prerank bench scoring-topic ...
     python -m bench.scoring_topic --find-max --json scoring-max.json
+    python -m bench.scoring_topic --find-max --workers 2 --json scoring-max-2.json   # both cores
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import asyncio
 import gc
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -123,12 +127,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 class TopicClient:
-    """Sends requests at a steady rate and matches responses by request id, over one worker's life."""
+    """Sends requests at a steady rate and matches responses by request id, over the workers' life."""
 
-    def __init__(self, settings: Settings, config: ScoringConfig, payloads, worker) -> None:
+    def __init__(self, settings: Settings, config: ScoringConfig, payloads, workers) -> None:
         from streams import score_requests, score_responses
 
-        self.settings, self.config, self.payloads, self.worker = settings, config, payloads, worker
+        self.settings, self.config, self.payloads, self.workers = settings, config, payloads, workers
         self.requests_topic = settings.topics.name(score_requests.TOPIC.name)
         self.responses_topic = settings.topics.name(score_responses.TOPIC.name)
         self.response_partitions = score_responses.TOPIC.partitions or settings.topics.partitions
@@ -188,7 +192,8 @@ class TopicClient:
     async def drain(self, ids: list[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while any(i not in self.received for i in ids) and time.monotonic() < deadline:
-            self.worker.check()
+            for worker in self.workers:
+                worker.check()
             await asyncio.sleep(0.05)
 
 
@@ -199,20 +204,31 @@ def _with_id(template: bytes, request_id: str) -> bytes:
 
 
 def stage_seconds(port: int) -> tuple[dict[str, float], float]:
+    """One worker's scorer stage seconds so far and its requests handled."""
     samples = scrape(port)
     stages = {stage: metric_sum(samples, "prerank_scorer_stage_seconds_total", stage=stage) for stage in SCORER_STAGES}
     return stages, metric_sum(samples, "prerank_scorer_requests_total")
 
 
-async def run_step(client: TopicClient, rate: float, config: ScoringConfig, metrics_port: int, tag: str) -> dict:
-    """One steady-rate step: round trips, the worker's CPU per stage and the CPU shares."""
-    before, requests_before = stage_seconds(metrics_port)
-    worker_cpu, client_cpu, wall = cpu_seconds(client.worker.pid), time.process_time(), time.perf_counter()
+def all_stage_seconds(ports: Sequence[int]) -> tuple[dict[str, float], float]:
+    """:func:`stage_seconds` summed over the workers."""
+    per_worker = [stage_seconds(port) for port in ports]
+    return ({stage: sum(stages[stage] for stages, _ in per_worker) for stage in SCORER_STAGES},
+            sum(handled for _, handled in per_worker))
+
+
+async def run_step(client: TopicClient, rate: float, config: ScoringConfig, ports: Sequence[int], tag: str) -> dict:
+    """One steady-rate step: round trips, the workers' CPU per stage and the CPU shares."""
+    def workers_cpu() -> float:
+        return sum(cpu_seconds(worker.pid) for worker in client.workers)
+
+    before, requests_before = all_stage_seconds(ports)
+    worker_cpu, client_cpu, wall = workers_cpu(), time.process_time(), time.perf_counter()
     ids, send_s = await client.send(max(1, int(rate * config.duration_s)), rate, tag)
     await client.drain(ids, config.drain_timeout_s)
     wall = time.perf_counter() - wall
-    worker_cpu, client_cpu = cpu_seconds(client.worker.pid) - worker_cpu, time.process_time() - client_cpu
-    after, requests_after = stage_seconds(metrics_port)
+    worker_cpu, client_cpu = workers_cpu() - worker_cpu, time.process_time() - client_cpu
+    after, requests_after = all_stage_seconds(ports)
     handled = max(requests_after - requests_before, 1.0)
     answered = [(client.received[i][0] - client.sent_at[i], client.received[i][1]) for i in ids if i in client.received]
     ok = [(seconds, head) for seconds, head in answered if head.error is None]
@@ -236,35 +252,53 @@ async def run_step(client: TopicClient, rate: float, config: ScoringConfig, metr
     return result
 
 
-async def through_topic(settings: Settings, config: ScoringConfig, payloads, worker, find_max: bool) -> dict:
-    port = settings.worker.metrics_port
-    async with TopicClient(settings, config, payloads, worker) as client:
-        ready, _ = await client.send(1, config.rate_rps, "ready")  # the worker joins and loads the version
-        await client.drain(ready, 180)
-        if ready[0] not in client.received:
-            raise BenchError("the scorer worker never answered a first request")
-        warm, _ = await client.send(config.warmup_requests, config.rate_rps, "warm")
-        await client.drain(warm, config.drain_timeout_s)
-        steps = [await run_step(client, config.rate_rps, config, port, "r0")]
+async def warm_up(client: TopicClient, config: ScoringConfig, ports: Sequence[int]) -> None:
+    """Send rounds until every worker has answered requests (each joined the group, holds
+    partitions and loaded the version) and a whole round is answered, then the warm-up requests;
+    :class:`BenchError` after 180 s."""
+    deadline = time.monotonic() + 180
+    round_ = 0
+    while True:
+        # A round's requests reach every partition; one answered late (a rebalance while the group
+        # forms: measured up to ~10 s) only means another round.
+        ready, _ = await client.send(max(8, 4 * len(ports)), config.rate_rps, f"ready{round_}")
+        await client.drain(ready, min(30.0, max(0.0, deadline - time.monotonic())))
+        idle = [port for port in ports if stage_seconds(port)[1] == 0]
+        unanswered = sum(i not in client.received for i in ready)
+        if not unanswered and not idle:
+            break
+        if time.monotonic() >= deadline:
+            raise BenchError(f"after 180 s of warm-up, scorer workers with metrics ports {idle} had answered nothing "
+                             f"and {unanswered} of the last {len(ready)} requests were unanswered")
+        round_ += 1
+    warm, _ = await client.send(config.warmup_requests, config.rate_rps, "warm")
+    await client.drain(warm, config.drain_timeout_s)
+
+
+async def through_topic(settings: Settings, config: ScoringConfig, payloads, workers, find_max: bool) -> dict:
+    ports = [settings.worker.metrics_port + index for index in range(len(workers))]
+    async with TopicClient(settings, config, payloads, workers) as client:
+        await warm_up(client, config, ports)
+        steps = [await run_step(client, config.rate_rps, config, ports, "r0")]
         if not find_max:
             return {"steps": steps}
         rate, passed, failed = config.rate_rps, None, None
         while steps[-1]["passed"] and rate < config.max_rate_rps:
             passed, rate = rate, min(rate * 2, config.max_rate_rps)
-            steps.append(await run_step(client, rate, config, port, f"r{len(steps)}"))
+            steps.append(await run_step(client, rate, config, ports, f"r{len(steps)}"))
         if steps[-1]["passed"]:
             passed = rate
         else:
             failed = rate
         for _ in range(config.bisect_steps if passed is not None and failed is not None else 0):
             rate = (passed + failed) / 2
-            steps.append(await run_step(client, rate, config, port, f"r{len(steps)}"))
+            steps.append(await run_step(client, rate, config, ports, f"r{len(steps)}"))
             passed, failed = (rate, failed) if steps[-1]["passed"] else (passed, rate)
         return {"steps": steps, "max_rate_rps": passed or 0.0}
 
 
 def measure(settings: Settings, config: ScoringConfig, folder: Path, find_max: bool,
-            worker_threads: int | None = None) -> dict:
+            worker_threads: int | None = None, workers: int = 1) -> dict:
     started = time.monotonic()
     store = open_store(settings.redis)
     catalog, published = publish_model(settings, config, store)
@@ -273,8 +307,9 @@ def measure(settings: Settings, config: ScoringConfig, folder: Path, find_max: b
     # collection scans them, the sender stalls and then fires its backlog as one burst.
     gc.freeze()
     extra_env = {"OMP_NUM_THREADS": str(worker_threads)} if worker_threads else None
-    with running_workers(settings, folder, ("scorer", 0), extra_env=extra_env) as (worker,):
-        outcome = asyncio.run(through_topic(settings, config, payloads, worker, find_max))
+    specs = [("scorer", index) for index in range(workers)]
+    with running_workers(settings, folder, *specs, extra_env=extra_env) as started_workers:
+        outcome = asyncio.run(through_topic(settings, config, payloads, started_workers, find_max))
     first = outcome["steps"][0]
     result = {
         "bench": "scoring-topic",
@@ -287,6 +322,7 @@ def measure(settings: Settings, config: ScoringConfig, folder: Path, find_max: b
         "output_dim": settings.model.output_dim,
         "vector_dtype": settings.worker.vector_dtype,
         "scorer_batch": settings.worker.scorer_batch,
+        "scorer_workers": workers,
         "model_version": published.version,
         "worker_torch_threads": worker_threads or "default",
         "targets": TARGETS,
@@ -320,10 +356,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalog", type=int, default=defaults.catalog_items, help="items published")
     parser.add_argument("--worker-threads", type=int, default=None,
                         help="OMP_NUM_THREADS of the scorer worker (default: unset, as deployed)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="scorer worker processes, one consumer group (at most the request partitions)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0 or not 1 <= args.candidates <= args.catalog:
         raise BenchError("--rate and --duration must be positive and 1 <= --candidates <= --catalog")
+    if args.workers < 1:
+        raise BenchError("--workers must be at least 1")
     config = ScoringConfig(rate_rps=args.rate, duration_s=args.duration, candidates=args.candidates, k=args.k,
                            catalog_items=args.catalog, max_rate_rps=args.max_rate, seed=args.seed)
     if args.quick:
@@ -331,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "catalog_items": 2000, "distinct_requests": 100, "bisect_steps": 0})
     with private_stack(load_settings(), "score") as settings:
         folder = settings.worker.checkpoint_dir.parent
-        result = {**measure(settings, config, folder, args.find_max, args.worker_threads),
+        result = {**measure(settings, config, folder, args.find_max, args.worker_threads, args.workers),
                   "run_prefix": settings.topics.prefix}
     emit(result, args.json)
     return 0

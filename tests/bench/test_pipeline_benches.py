@@ -74,8 +74,11 @@ def test_freshness_quick(stack, tmp_path):
     assert_cleaned_up(stack, result["run_prefix"])
 
 
-def test_scoring_topic_quick(stack, tmp_path):
-    result = run_bench("bench.scoring_topic", tmp_path)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_scoring_topic_quick(stack, tmp_path, workers):
+    """One scorer, or two in one consumer group (the step starts once both have answered)."""
+    result = run_bench("bench.scoring_topic", tmp_path, "--workers", str(workers))
+    assert result["scorer_workers"] == workers
     assert result["sent"] == result["answered"] == 250 and result["errors"] == 0
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
     assert result["versions_served"] == [result["model_version"]]
