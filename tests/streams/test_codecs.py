@@ -150,3 +150,47 @@ def test_topic_declarations():
     for spec in ALL_TOPICS:
         configs = spec.configs(1000)
         assert configs["cleanup.policy"] == ("compact" if spec.compacted else "delete")
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+              st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    max_leaves=6,
+)
+
+
+@st.composite
+def mutated_json(draw):
+    """A valid record's JSON, then maybe one field replaced, dropped or added (the version too)."""
+    codec, record = draw(st.sampled_from([
+        (IMPRESSIONS, impressions()), (RANK_SCORES, rank_scores()),
+    ]))
+    payload = json.loads(codec.encode(draw(record)))
+    action = draw(st.sampled_from(["keep", "replace", "drop", "add", "version"]))
+    key = draw(st.sampled_from(sorted(payload)))
+    if action == "version":
+        payload["v"] = draw(st.one_of(st.integers(min_value=-2, max_value=3), st.just(1.0), st.just(True), json_values))
+    elif action == "replace":
+        payload[key] = draw(json_values)
+    elif action == "drop":
+        del payload[key]
+    elif action == "add":
+        payload[draw(st.text(max_size=6))] = draw(json_values)
+    return codec, action, json.dumps(payload).encode()  # NaN and Infinity as bare tokens
+
+
+@given(mutated_json())
+@settings(max_examples=400)
+def test_the_fast_json_path_accepts_only_what_the_general_path_accepts(case):
+    codec, action, raw = case
+    fast = codec._fast_json(raw)
+    try:
+        general = codec.decode_general(raw)
+    except RecordError:
+        general = None
+    if fast is not None:
+        assert fast == general and type(fast) is codec.record_type
+        assert codec.encode(fast) == codec.encode(general)
+    if action == "keep":
+        assert fast is not None  # a valid record takes the fast path
