@@ -47,6 +47,28 @@ class HotItems:
         if len(self._score) > 2 * self.capacity:
             self._trim()
 
+    def admit(self, items: Iterable[ItemFeatures]) -> int:
+        """Add items not held yet, below every sighted item (the first trimmed when over capacity);
+        returns how many were added.
+
+        >>> hot = HotItems(capacity=2)
+        >>> hot.observe([ItemFeatures("a")], 5.0)
+        >>> hot.admit([ItemFeatures("a"), ItemFeatures("b"), ItemFeatures("c")])
+        2
+        >>> [item.item_id for item in hot.top()][0]
+        'a'
+        """
+        added = 0
+        for item in items:
+            if item.item_id not in self._score:
+                self._score[item.item_id] = -np.inf  # logaddexp(-inf, bump) == bump: a later sighting counts whole
+                self._features[item.item_id] = item
+                added += 1
+        return added
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self._score
+
     def forget(self, item_ids: Iterable[str]) -> None:
         for item_id in item_ids:
             self._score.pop(item_id, None)
@@ -60,6 +82,9 @@ class HotItems:
     def top(self) -> list[ItemFeatures]:
         self._trim()
         return [self._features[item] for item in self._score]
+
+    def room(self) -> int:
+        return max(0, self.capacity - len(self._score))
 
 
 @dataclass(frozen=True)
@@ -94,13 +119,19 @@ class Publisher:
     """Publishes a :class:`models.learner.StudentLearner` as a new version in the store.
 
     ``export`` turns the learner into the bytes the scorers load (default: the pruned export).
+
+    The hot set is what training samples showed, plus, while it has room, the rest of the catalog
+    (read every ``catalog_refresh_s``): an item no sample has shown yet is still a candidate, and
+    without a published vector every request naming it computes one (the item tower, per version).
     """
 
     def __init__(
         self, store, export: Callable[[object], bytes] | None = None, *, hot_items: int, dtype: str, ttl_s: int,
-        chunk: int = 2048,
+        chunk: int = 2048, catalog_refresh_s: float = 30.0,
     ) -> None:
         self.store = store
+        self.catalog_refresh_s = catalog_refresh_s
+        self._catalog_read_at: float | None = None
         self.export = export or (lambda learner: export_bytes(learner, prune=True))
         self.hot = HotItems(hot_items)
         self.dtype = dtype
@@ -113,6 +144,7 @@ class Publisher:
         started = time.perf_counter()
         evicted = list(evicted)
         self.hot.forget(evicted)
+        self._admit_catalog()
         items = self.hot.top()
         blocks = []
         for start in range(0, len(items), self.chunk):
@@ -135,3 +167,16 @@ class Publisher:
         record = replace(record, publish_s=time.perf_counter() - started)
         log.info("published version %d: %d items in %.3fs", record.version, record.n_items, record.publish_s)
         return record
+
+    def _admit_catalog(self) -> None:
+        """Fill the hot set's room with catalog items it lacks (at most every ``catalog_refresh_s``)."""
+        now = time.monotonic()
+        if self.hot.room() == 0 or (self._catalog_read_at is not None
+                                    and now - self._catalog_read_at < self.catalog_refresh_s):
+            return
+        self._catalog_read_at = now
+        missing = [item_id for item_id in self.store.catalog_ids() if item_id not in self.hot][: self.hot.room()]
+        features = [item for item in self.store.items(missing) if item is not None]
+        added = self.hot.admit(features)
+        if added:
+            log.info("hot set: %d catalog items admitted (%d held)", added, len(self.hot))

@@ -140,15 +140,27 @@ class ModelStore:
 
     # --- catalog --------------------------------------------------------------------------
     def put_items(self, items: Iterable[ItemFeatures]) -> None:
+        """Write items' features, and their ids into the catalog's id set (:meth:`catalog_ids`)."""
         pipe = self.client.pipeline(transaction=False)
+        ids = []
         for item in items:
             pipe.set(self.key("item", item.item_id), json.dumps(
                 {"author_id": item.author_id, "tags": list(item.tags), "duration_ms": item.duration_ms}
             ))
+            ids.append(item.item_id)
+        if ids:
+            pipe.sadd(self.key("catalog_ids"), *ids)
         pipe.execute()
 
     def delete_item(self, item_id: str) -> None:
-        self.client.delete(self.key("item", item_id))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(self.key("item", item_id))
+        pipe.srem(self.key("catalog_ids"), item_id)
+        pipe.execute()
+
+    def catalog_ids(self) -> list[str]:
+        """Every item id the catalog holds (written by :meth:`put_items`), in no order."""
+        return [raw.decode() if isinstance(raw, bytes) else raw for raw in self.client.smembers(self.key("catalog_ids"))]
 
     def items(self, item_ids: Sequence[str]) -> list[ItemFeatures | None]:
         if not item_ids:

@@ -94,7 +94,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
             train_until=args.train_until, baselines=args.baselines, max_requests=args.max_requests,
             n_candidates=args.candidates, progress=console, speed=args.speed, resume=args.resume,
             l1_sweep=_floats(args.l1_sweep), l1_sweep_requests=args.l1_sweep_requests,
-            warm_start=not args.cold_start,
+            warm_start=not args.cold_start, inflight=args.inflight,
         )
     except (ReplayInterrupted, ReplayStalled, KeyboardInterrupt) as stopped:
         return _interrupted(stopped, args.report_dir)
@@ -160,6 +160,13 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 DEMO_L1_SWEEP = "0,0.5,2"
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.split(",") if x.strip())
 
@@ -219,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="stream every user's requests (no user sampling, no --max-requests)")
     p.add_argument("--candidates", type=int, default=1000, help="candidates per request")
     p.add_argument("--speed", type=float, default=None, help="x times real time (default: as fast as possible)")
+    p.add_argument("--inflight", type=_positive_int, default=16,
+                   help="requests outstanding at once (the closed funnel's concurrency)")
     p.add_argument("--report-dir", type=Path, default=Path("reports/replay"))
     p.add_argument("--l1-sweep", default="0,0.1,0.5,1,2",
                    help="FTRL l1 values to sweep in process for the zero-rows plot ('' skips it)")

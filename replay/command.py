@@ -262,6 +262,7 @@ def run_replay(
     max_requests: int | None = 3000, n_candidates: int = 1000, progress=print, on_mode_started=None,
     speed: float | None = None, on_mode_finished=None, resume: bool = False,
     l1_sweep: tuple[float, ...] = (), l1_sweep_requests: int = 20_000, warm_start: bool = True,
+    inflight: int = StreamConfig.inflight,
 ) -> dict:
     """Replay ``data`` (None: synthetic) once per mode; ``on_mode_started(settings)`` is called when
     a mode's workers are up, ``on_mode_finished(settings)`` after they learned everything and
@@ -269,6 +270,7 @@ def run_replay(
     all-zero rows, export size and AUC on the last ``l1_sweep_requests`` replayed requests, in
     process (``run.json``; the report plots it). ``warm_start`` trains the student on the
     pre-period the fine ranker was fitted on before the stream starts (:mod:`replay.warm_start`).
+    ``inflight``: requests outstanding at once (the closed funnel's concurrency).
 
     With ``resume`` the newest interrupted run under ``report_dir`` continues with its own
     parameters (the other arguments are ignored): same run id, topics, Redis prefix, teacher,
@@ -285,7 +287,7 @@ def run_replay(
             "data": str(data) if data else None, "modes": list(modes), "eval_from": eval_from, "until": until,
             "train_until": train_until, "baselines": baselines, "max_requests": max_requests,
             "candidates": n_candidates, "speed": speed, "l1_sweep": list(l1_sweep),
-            "l1_sweep_requests": l1_sweep_requests, "warm_start": warm_start,
+            "l1_sweep_requests": l1_sweep_requests, "warm_start": warm_start, "inflight": inflight,
         })
         run.save()
     params, work = run.params, run.directory
@@ -298,7 +300,7 @@ def run_replay(
                         else min(default_train_until, eval_from_ms)),
         eval_from_ms=eval_from_ms, until_ms=local_date_ms(params["until"]) if params["until"] else None,
         max_requests=params["max_requests"], candidates=replace(CandidateConfig(), n_candidates=params["candidates"]),
-        speed=params["speed"],
+        speed=params["speed"], inflight=params.get("inflight", StreamConfig.inflight),  # older runs: the default
     )
     prefit, streamed, sampling = replay_requests(dataset, config)
     progress({"dataset": dataset.report.to_dict() if hasattr(dataset.report, "to_dict") else str(dataset.report),

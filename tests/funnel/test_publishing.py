@@ -194,3 +194,29 @@ def test_an_expired_version_disappears_and_leaves_the_version_set(client, learne
     publisher.publish(learner, samples_learned=2)
     assert store.live_versions() == [2] and store.current_version() == 2  # the next publish forgets it
     assert store.meta(2)["samples_learned"] == 2 and store.meta(1) is None
+
+
+def test_catalog_items_no_sample_showed_fill_the_hot_sets_room(client, learner_and_items):
+    """A candidate no training sample has shown yet is published too while the hot set has room;
+    sighted items keep their place when the catalog is larger; a deleted item is not admitted."""
+    from models.features import ItemFeatures
+
+    real, prefix = client
+    learner, items = learner_and_items
+    store = ModelStore(real, prefix)
+    unseen = [ItemFeatures(f"unseen{i}", "a9", ("t1",), 1000) for i in range(5)]
+    store.put_items(unseen + [ItemFeatures("gone", "a9")])
+    store.delete_item("gone")
+    assert set(store.catalog_ids()) == {item.item_id for item in unseen}
+
+    roomy = make_publisher(real, prefix, hot_items=len(items) + 10)
+    roomy.hot.observe(items, now_s=0.0)
+    published = roomy.publish(learner, samples_learned=1)
+    ids = vector_ids(real, prefix, published.version)
+    assert ids == {item.item_id for item in items} | {item.item_id for item in unseen}
+
+    tight = make_publisher(real, prefix, hot_items=len(items) + 2)
+    tight.hot.observe(items, now_s=0.0)
+    published = tight.publish(learner, samples_learned=1)
+    ids = vector_ids(real, prefix, published.version)
+    assert {item.item_id for item in items} <= ids and len(ids) == len(items) + 2
