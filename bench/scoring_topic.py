@@ -120,12 +120,6 @@ def encoded_requests(config: ScoringConfig, catalog, tag: str) -> list[tuple[byt
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0  # utime, stime in clock ticks (USER_HZ = 100)
-
-
 class TopicClient:
     """Sends requests at a steady rate and matches responses by request id, over the workers' life."""
 
@@ -220,7 +214,7 @@ def all_stage_seconds(ports: Sequence[int]) -> tuple[dict[str, float], float]:
 async def run_step(client: TopicClient, rate: float, config: ScoringConfig, ports: Sequence[int], tag: str) -> dict:
     """One steady-rate step: round trips, the workers' CPU per stage and the CPU shares."""
     def workers_cpu() -> float:
-        return sum(cpu_seconds(worker.pid) for worker in client.workers)
+        return sum(worker.cpu_seconds() for worker in client.workers)
 
     before, requests_before = all_stage_seconds(ports)
     worker_cpu, client_cpu, wall = workers_cpu(), time.process_time(), time.perf_counter()

@@ -40,6 +40,12 @@ def settings_env(settings: Settings, extra_env: dict[str, str] | None = None) ->
     return env
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``; Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime in clock ticks
+
+
 class Worker:
     """A ``prerank worker`` child process; stopped by its own pid only."""
 
@@ -63,6 +69,13 @@ class Worker:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the process so far (0.0 once it is gone)."""
+        try:
+            return process_cpu_seconds(self.pid)
+        except OSError:
+            return 0.0
 
     def alive(self) -> bool:
         return self.process.poll() is None

@@ -160,6 +160,17 @@ def wait_for_groups(settings: Settings, groups: list[str], workers: list[Worker]
         admin.close()
 
 
+def workers_cpu(workers: list[Worker], before: list[float], wall_s: float, requests: int) -> dict[str, dict]:
+    """Each worker's CPU over the stream, by its agents: the share of one core and the ms per
+    answered request (which stage of the closed funnel limits its rate)."""
+    out = {}
+    for worker, start in zip(workers, before):
+        used = worker.cpu_seconds() - start
+        out[worker.agents] = {"cpu_share": used / wall_s if wall_s > 0 else 0.0,
+                              "cpu_ms_per_request": 1000 * used / requests if requests else 0.0}
+    return out
+
+
 def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teacher, prefit, streamed,
              work: Path, run_id: str, progress, baselines: dict | None = None,
              on_started=None, on_finished=None, student=None) -> tuple[dict, dict]:
@@ -196,6 +207,7 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
         wait_for_groups(ms, [ms.worker.app_id, f"{ms.worker.app_id}-ranker"], workers)
         if on_started is not None:
             on_started(ms)
+        cpu_before, wall_before = [worker.cpu_seconds() for worker in workers], time.perf_counter()
         try:
             result = replay.run(streamed, checkpoint=lambda: replay.save(mode_dir))
         except ReplayInterrupted:
@@ -207,6 +219,8 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
             except KeyboardInterrupt:
                 pass
             raise
+        result["workers_cpu"] = workers_cpu(workers, cpu_before, time.perf_counter() - wall_before,
+                                            result["counts"]["answered"])
         meta = wait_until_learned(store, result["counts"]["answered"], timeout_s=180,
                                   joiner=lambda: joiner_counts(ms))
         result["counts"].update(joiner_counts(ms))

@@ -40,6 +40,36 @@ def markdown_table(report: Mapping[str, Mapping]) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def rate_table(report: Mapping[str, Mapping]) -> str:
+    """Each streamed mode's rate and where its CPU went: the driver, and every worker by its agents
+    (share of one core, ms per request); "" when no mode has the figures.
+
+    >>> print(rate_table({"cascade": {"requests_per_s": 18.0, "round_trip_ms_p50": 516.0,
+    ...     "driver": {"cpu_share": 0.09, "cpu_ms_per_request": 5.0},
+    ...     "workers_cpu": {"ranker": {"cpu_share": 0.2, "cpu_ms_per_request": 11.0}}}}))
+    | mode | requests/s | round trip p50 ms | driver | ranker |
+    |---|---|---|---|---|
+    | cascade | 18.0 | 516 | 9% / 5.0 ms | 20% / 11.0 ms |
+    """
+    streamed = {name: result for name, result in report.items() if "workers_cpu" in result}
+    if not streamed:
+        return ""
+    agents = list(dict.fromkeys(a for result in streamed.values() for a in result["workers_cpu"]))
+
+    def cpu(figures: Mapping | None) -> str:
+        if not figures:
+            return "-"
+        return f"{figures['cpu_share']:.0%} / {figures['cpu_ms_per_request']:.1f} ms"
+
+    lines = ["| mode | requests/s | round trip p50 ms | driver | " + " | ".join(agents) + " |",
+             "|" + "---|" * (len(agents) + 4)]
+    for name, result in streamed.items():
+        lines.append(f"| {name} | {result.get('requests_per_s', float('nan')):.1f} | "
+                     f"{result.get('round_trip_ms_p50', float('nan')):.0f} | {cpu(result.get('driver'))} | "
+                     + " | ".join(cpu(result["workers_cpu"].get(a)) for a in agents) + " |")
+    return "\n".join(lines)
+
+
 def sweep_table(sweep: Mapping) -> str:
     """The l1 sweep as Markdown.
 
@@ -150,6 +180,9 @@ def write_report(report_dir: Path, report: Mapping[str, Mapping] | None = None) 
     run_path = report_dir / "run.json"
     run = json.loads(run_path.read_text()) if run_path.exists() else None
     table = markdown_table(report)
+    rates = rate_table(report)
+    if rates:
+        table += "\n\nRate and CPU (share of one core / ms per request):\n\n" + rates
     if run and run.get("l1_sweep"):
         table += "\n\n" + sweep_table(run["l1_sweep"])
     plots = plot(report_dir, report, run)

@@ -48,6 +48,13 @@ def test_short_replay_through_the_agents_writes_a_report(stack_settings, tmp_pat
     assert driver["requests"] == counts["answered"] and 0 < driver["cpu_share"] and cascade["requests_per_s"] > 0
     assert {"candidates", "send", "poll", "decode", "evaluate", "impressions"} <= set(driver["stages_ms_per_request"])
     assert cascade["evaluator"]["process"] and cascade["evaluator"]["cpu_s"] > 0
+    # and each worker's, by its agents: every one of them worked during the stream
+    workers = cascade["workers_cpu"]
+    assert set(workers) == {"history,joiner,scorer", "ranker", "trainer,publisher"}
+    assert all(w["cpu_share"] > 0 and w["cpu_ms_per_request"] > 0 for w in workers.values()), workers
+    from replay.report import rate_table
+
+    assert rate_table(on_disk).splitlines()[2].startswith("| cascade |")
     # Better than chance on the same candidates: scored at random, each of the fine ranker's top 10
     # of the 200 candidates lands in the top 50 with probability 50/200, so random recall@50 is 0.25
     # on average (sd about 0.13 / sqrt(audited requests)); twice that is > 4 sd over 5+ requests.
