@@ -9,7 +9,8 @@ The joiner emits at least once, so the same request may arrive twice: the traine
 whose request id it learned recently (``funnel/dedupe.py``; the ids are saved in the same
 checkpoint), which makes every request reach the model exactly once.
 
-One trainer owns every partition of ``training-samples`` (sharding plan: docs/scaling.md).
+One trainer owns every partition of ``training-samples``, or a group of them shares the
+partitions and the embedding rows (``worker.trainer_world_size > 1``: :mod:`agents.trainer_group`).
 Learning runs in a single worker thread so the event loop keeps heartbeating and publishing.
 The learn thread decodes a micro-batch's records itself, right before learning them; the event
 loop only moves messages: it queues the next micro-batch behind the step learning, so the learn
@@ -80,6 +81,8 @@ class LearnStep:
 class Trainer:
     """Consume, learn, checkpoint and publish; one instance per trainer worker."""
 
+    learns_empty_steps = False  # a group's trainer takes part in every step, with or without records
+
     def __init__(self, runtime: Runtime, metrics: PrerankMetrics, publish: bool = True) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
@@ -139,7 +142,10 @@ class Trainer:
                 indices.append(index)
             except Exception as exc:  # noqa: BLE001 - any record the codec chokes on is a dead letter
                 rejected.append((index, exc))
-        result = self.learn(records) if records else {"samples": 0, "duplicates": 0, "failed": []}
+        if records or self.learns_empty_steps:
+            result = self.learn(records)
+        else:
+            result = {"samples": 0, "duplicates": 0, "failed": []}
         result["failed"] = [(indices[i], exc) for i, exc in result["failed"]]
         result["rejected"] = rejected
         return result
@@ -179,7 +185,7 @@ class Trainer:
                 step_ids.add(record.request_id)
                 fresh.append(record)
         duplicates = len(records) - len(fresh)
-        if not fresh:
+        if not fresh and not self.learns_empty_steps:
             self.state.counters["duplicate_records"] += duplicates
             return {"samples": 0, "duplicates": duplicates}
         samples = [sample_from_record(record) for record in fresh]
@@ -194,15 +200,23 @@ class Trainer:
         self.state.counters["samples"] += result["samples"]
         self.progressive.observe(samples, self.state.learner.last_pair_logits)  # scored before learning
         self.metrics.trainer_batch_seconds.observe(time.perf_counter() - started)
+        self._observe_items(samples)
+        return result
+
+    def _observe_items(self, samples) -> None:
+        """The items a step learned count for the hot set (the published vectors)."""
         if self.publisher is not None:
             self.publisher.hot.observe((item for s in samples for item in s.items), time.monotonic())
-        return result
 
     def publish(self) -> None:
         learner = self.state.learner
         published = self.publisher.publish(learner, self.state.counters["samples"],
                                            records_learned=self.state.counters["records"],
                                            evicted=learner.drain_evicted_item_ids())
+        self._record_published(published, learner)
+
+    def _record_published(self, published, learner: StudentLearner) -> None:
+        """Counters, metrics and freshness of a version just published from ``learner``."""
         self.state.counters["version"] = published.version
         self.metrics.publish_duration_seconds.observe(published.publish_s)
         self.metrics.published_items_total.inc(published.n_items)
@@ -331,6 +345,7 @@ class Trainer:
         partitions = await asyncio.get_running_loop().run_in_executor(None, self._partitions)
         if not partitions:
             raise RuntimeError(f"topic {self.topic} has no partitions; run `prerank topics create`")
+        partitions = self._owned(partitions)
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         for tp in tps:
@@ -339,6 +354,10 @@ class Trainer:
             else:
                 await consumer.seek_to_beginning(tp)
         return sorted(partitions)
+
+    def _owned(self, partitions: list[int]) -> list[int]:
+        """The partitions this trainer learns: all of them (a group's rank owns a subset)."""
+        return partitions
 
     def _store_is_empty(self) -> bool:
         return self.publisher.store.current_version() is None
@@ -403,7 +422,12 @@ class Trainer:
 
 
 def install(runtime: Runtime, metrics: PrerankMetrics, publish: bool = True) -> Trainer:
-    trainer = Trainer(runtime, metrics, publish=publish)
+    if runtime.settings.worker.trainer_world_size > 1:
+        from agents.trainer_group import GroupTrainer
+
+        trainer = GroupTrainer(runtime, metrics, publish=publish)
+    else:
+        trainer = Trainer(runtime, metrics, publish=publish)
 
     @runtime.app.task
     async def train():

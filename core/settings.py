@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -129,6 +129,13 @@ class WorkerSettings(BaseModel):
     trainer_dedupe_requests: int = Field(default=100_000, ge=1)  # recent request ids the trainer drops again
     train_batch_requests: int = Field(default=32, ge=1)
     train_batch_timeout_s: float = Field(default=0.5, gt=0)
+    # Data-parallel trainers (torch.distributed): rank R of W owns the training-samples partitions
+    # p with p % W == R and the embedding rows whose id hashes to R; rank 0 rendezvous and publishes.
+    trainer_world_size: int = Field(default=1, ge=1)
+    trainer_rank: int = Field(default=0, ge=0)
+    trainer_master_addr: str = "127.0.0.1"
+    trainer_master_port: int = Field(default=29400, ge=1, le=65535)
+    trainer_group_timeout_s: float = Field(default=60.0, gt=0)  # a collective waiting longer fails the group
     checkpoint_dir: Path = Path(".stack/checkpoints")
     checkpoint_interval_s: float = Field(default=30.0, gt=0)
     publish_interval_s: float = Field(default=2.0, gt=0)
@@ -146,6 +153,12 @@ class WorkerSettings(BaseModel):
     teacher_path: Path | None = None  # the simulated fine ranker's model (written by `prerank replay`)
     rank_k: int = Field(default=100, ge=1)  # how many of the pre-ranker's top items the fine ranker scores
     audit_every: int = Field(default=20, ge=0)  # 1 in N responses carries every candidate (0: never)
+
+    @model_validator(mode="after")
+    def _rank_in_group(self) -> WorkerSettings:
+        if self.trainer_rank >= self.trainer_world_size:
+            raise ValueError(f"trainer_rank {self.trainer_rank} is not below trainer_world_size {self.trainer_world_size}")
+        return self
 
 
 class Settings(BaseSettings):

@@ -46,6 +46,17 @@ class CheckpointDir:
         state = json.loads((folder / "offsets.json").read_text())
         return Checkpoint(folder, state["offsets"], state["counters"])
 
+    def at_step(self, step: int) -> Checkpoint | None:
+        """The kept checkpoint whose counters name group step ``step`` (a trainer group's resume point)."""
+        for folder in sorted(self.root.glob("ckpt-*"), reverse=True):
+            offsets = folder / "offsets.json"
+            if not offsets.exists():
+                continue  # a folder being written when the process died
+            state = json.loads(offsets.read_text())
+            if state["counters"].get("step") == step:
+                return Checkpoint(folder, state["offsets"], state["counters"])
+        return None
+
     def save(
         self, write_model: Callable[[Path], None], offsets: dict[str, int], counters: dict[str, int]
     ) -> Path:
@@ -61,9 +72,9 @@ class CheckpointDir:
         _fsync_tree(folder)  # the folder's files and their names are on disk before LATEST names it
         tmp = self.root / "LATEST.tmp"
         tmp.write_text(folder.name)
-        _fsync(tmp)  # else a crash can leave LATEST renamed but empty
+        fsync_path(tmp)  # else a crash can leave LATEST renamed but empty
         os.replace(tmp, self.root / "LATEST")
-        _fsync(self.root)  # the flip is on disk before pruning deletes the folder it replaced
+        fsync_path(self.root)  # the flip is on disk before pruning deletes the folder it replaced
         self._prune()
         return folder
 
@@ -73,7 +84,7 @@ class CheckpointDir:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """fsync a file or a directory (a directory's fsync makes the names in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -85,5 +96,5 @@ def _fsync(path: Path) -> None:
 def _fsync_tree(folder: Path) -> None:
     """Every file and sub-folder under ``folder``, then ``folder`` itself."""
     for path in sorted(folder.rglob("*"), reverse=True):  # children before their folder
-        _fsync(path)
-    _fsync(folder)
+        fsync_path(path)
+    fsync_path(folder)

@@ -46,7 +46,8 @@ from models.checkpoint import (
     tables_from_tensors,
     tables_to_tensors,
 )
-from models.exceptions import ExportError
+from models.collective import Collective
+from models.exceptions import ConfigError, ExportError
 from models.features import ItemFeatures, RequestSample, UserFeatures
 from models.ftrl import FTRLConfig
 from models.losses import PairLabels, StudentObjective, combine
@@ -125,10 +126,26 @@ class StudentLearner:
         self.clock_ms = 0
         self._evicted_item_ids: list[str] = []
         self.last_pair_logits = np.zeros(0, dtype=np.float32)
+        self.collective = Collective.solo()
+
+    def join(self, collective: Collective) -> StudentLearner:
+        """Learn as one shard of a data-parallel group from now on (see :mod:`models.sharded`).
+
+        Every ``learn_many`` is then a collective step of the group (call it on every rank, with
+        this rank's micro-batch, possibly empty); the tables hold only the rows this rank owns.
+        """
+        if self.teacher is not None and collective.world_size > 1:
+            raise ConfigError("a jointly trained local teacher cannot be sharded")
+        self.collective = collective
+        return self
 
     # ------------------------------------------------------------------ learning
     def learn_many(self, samples: Sequence[RequestSample]) -> dict[str, float]:
         """One training step on a micro-batch of requests; returns the loss and its parts."""
+        if self.collective.world_size > 1:
+            from models.sharded import learn_sharded
+
+            return learn_sharded(self, samples)
         samples = [s for s in samples if s.n_items > 0]
         if not samples:
             return {"loss": 0.0, "n_pairs": 0.0}
@@ -153,19 +170,23 @@ class StudentLearner:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step(lookup, row_grad_scale=n_pairs)
-        self.step += 1
-        for name, table in self.student.tables.items():
-            table.evict_expired(self.clock_ms)
-        self._evicted_item_ids.extend(self.student.tables["item"].drain_evicted_ids())
-        for name, table in self.student.tables.items():
-            if name != "item":
-                table.drain_evicted_ids()
+        self.end_step()
 
         metrics["n_pairs"] = n_pairs
         if teacher_metrics:
             metrics["teacher_loss"] = teacher_metrics["loss"]
             metrics["loss"] += teacher_metrics["loss"]
         return metrics
+
+    def end_step(self) -> None:
+        """Advance ``step`` and evict the rows untouched for the TTL (at ``clock_ms``)."""
+        self.step += 1
+        for table in self.student.tables.values():
+            table.evict_expired(self.clock_ms)
+        self._evicted_item_ids.extend(self.student.tables["item"].drain_evicted_ids())
+        for name, table in self.student.tables.items():
+            if name != "item":
+                table.drain_evicted_ids()
 
     # ------------------------------------------------------------------ scoring
     @property

@@ -77,6 +77,11 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from agents.worker import run_worker
 
+    group = {key: value for key, value in (("trainer_world_size", args.world_size), ("trainer_rank", args.rank))
+             if value is not None}
+    if group:  # the flags win over PRERANK_WORKER__TRAINER_* (validated together)
+        worker = type(settings.worker)(**{**settings.worker.model_dump(), **group})
+        settings = settings.model_copy(update={"worker": worker})
     return run_worker(settings, agents=args.agents.split(","), extra=args.faust_args, index=args.index,
                       parent_pid=args.parent_pid)
 
@@ -209,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0, help="worker number on this host: offsets web and metrics ports")
     p.add_argument("--parent-pid", type=int, default=None,
                    help="stop when this process (the one that started the worker) is gone")
+    p.add_argument("--world-size", type=int, default=None,
+                   help="trainers in the data-parallel group (worker.trainer_world_size)")
+    p.add_argument("--rank", type=int, default=None, help="this trainer's rank in the group, 0 publishes")
     p.add_argument("faust_args", nargs=argparse.REMAINDER)
     p.set_defaults(run=_worker)
 
