@@ -2,6 +2,8 @@
 
 Images are pinned tags of the official images (their existence on the registry cannot be
 checked offline); every file, volume, service, port and command they name is checked here.
+The topology (one publisher, trainer ranks, scalable serving, loopback ports) is checked in
+tests/test_compose.py.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def _mounts(service: dict) -> list[tuple[str, str]]:
 
 
 def test_the_stack_has_its_services(services):
-    assert {"kafka", "redis", "topics", "worker", "prometheus", "grafana"} <= set(services)
+    assert {"kafka", "redis", "topics", "serving", "trainer-0", "trainer-1", "prometheus", "grafana"} <= set(services)
 
 
 def test_images_are_official_and_pinned(services):
@@ -74,17 +76,6 @@ def test_named_volumes_are_declared_and_used(compose, services):
     assert used == set(compose["volumes"])
 
 
-def test_host_ports_are_unique_and_loopback(services):
-    seen = {}
-    for name, service in services.items():
-        for mapping in service.get("ports", []):
-            host_ip, host_port, _container = str(mapping).split(":")
-            assert host_ip == "127.0.0.1", f"{name} publishes {mapping} beyond loopback"
-            assert host_port not in seen, f"{name} and {seen.get(host_port)} both use {host_port}"
-            seen[host_port] = name
-    assert len(seen) == 4
-
-
 def test_every_service_is_health_checked_or_a_one_shot_job(services):
     awaited = {
         target: condition["condition"]
@@ -108,10 +99,16 @@ def test_dependencies_exist_and_wait_on_health_only_where_checked(services):
 
 def test_project_commands_exist_in_the_cli(services):
     parser = build_parser()
-    for name, service in services.items():
-        if service["image"].startswith("prerank:"):
-            args = parser.parse_args(service["command"])
-            assert callable(args.run), name
+    commands = {name: s["command"] for name, s in services.items() if s["image"].startswith("prerank:")}
+    waiting = {name for name, command in commands.items() if "--world-size" in command}
+    for name in sorted(commands, key=lambda n: n in waiting):  # the distributed trainer's last
+        try:
+            args = parser.parse_args(commands[name])
+        except SystemExit:
+            if name in waiting:
+                pytest.xfail(f"{name}: waiting for the distributed trainer's --world-size/--rank")
+            raise
+        assert callable(args.run), name
 
 
 def test_dockerfile_default_command_exists_in_the_cli():
@@ -127,7 +124,7 @@ def test_dockerfile_default_command_exists_in_the_cli():
 def test_worker_environment_is_accepted_by_settings(services, monkeypatch):
     if "metrics_host" not in WorkerSettings.model_fields:
         pytest.xfail("waiting for WorkerSettings.metrics_host (compose binds /metrics to 0.0.0.0)")
-    env = services["worker"]["environment"]
+    env = services["serving"]["environment"]
     for key, value in env.items():
         monkeypatch.setenv(key, str(value))
     settings = Settings(_env_file=None)
@@ -137,16 +134,31 @@ def test_worker_environment_is_accepted_by_settings(services, monkeypatch):
     assert settings.worker.metrics_host == env["PRERANK_WORKER__METRICS_HOST"]
 
 
+@pytest.mark.parametrize("service", ["trainer-0", "trainer-1"])
+def test_trainer_environment_is_accepted_by_settings(services, service, monkeypatch):
+    if "trainer_master_addr" not in WorkerSettings.model_fields:
+        pytest.xfail("waiting for the distributed trainer's WorkerSettings.trainer_master_addr/_port")
+    env = services[service]["environment"]
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    settings = Settings(_env_file=None)
+    assert settings.worker.trainer_master_addr == env["PRERANK_WORKER__TRAINER_MASTER_ADDR"]
+    assert settings.worker.trainer_master_port == int(env["PRERANK_WORKER__TRAINER_MASTER_PORT"])
+    assert str(settings.worker.checkpoint_dir) == env["PRERANK_WORKER__CHECKPOINT_DIR"]
+
+
 def test_healthchecks_and_configs_name_real_ports_and_services(services):
     kafka_env = services["kafka"]["environment"]
-    worker_env = services["worker"]["environment"]
+    worker_env = services["serving"]["environment"]
     bootstrap_host, bootstrap_port = worker_env["PRERANK_KAFKA__BOOTSTRAP_SERVERS"].split(":")
     assert bootstrap_host in services
     assert f"PLAINTEXT://{bootstrap_host}:{bootstrap_port}" in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
     assert bootstrap_port in " ".join(services["kafka"]["healthcheck"]["test"])
     metrics_port = str(worker_env["PRERANK_WORKER__METRICS_PORT"])
-    assert metrics_port in services["worker"]["expose"]
-    assert f":{metrics_port}/metrics" in " ".join(services["worker"]["healthcheck"]["test"])
+    for worker in ("serving", "trainer-0", "trainer-1"):
+        assert services[worker]["environment"]["PRERANK_WORKER__METRICS_PORT"] == metrics_port, worker
+        assert metrics_port in services[worker]["expose"], worker
+        assert f":{metrics_port}/metrics" in " ".join(services[worker]["healthcheck"]["test"]), worker
 
     prometheus = yaml.safe_load((REPO / "monitoring/prometheus/prometheus-compose.yml").read_text())
     (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "prerank"]
