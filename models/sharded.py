@@ -25,6 +25,7 @@ import json
 import zlib
 from collections.abc import Sequence
 from functools import lru_cache
+from itertools import repeat
 
 import msgpack
 import numpy as np
@@ -75,7 +76,7 @@ class ShardedLookup:
         requests: list[list[list[str]]] = [[] for _ in range(world)]
         for name in self.names:
             flat = [raw_id for ids in bags_by_table[name] for raw_id in ids]
-            owners = np.fromiter((owner_of(raw_id, world) for raw_id in flat), dtype=np.int64, count=len(flat))
+            owners = np.fromiter(map(owner_of, flat, repeat(world)), dtype=np.int64, count=len(flat))
             flat_by_table[name] = flat
             for rank in range(world):
                 positions = np.flatnonzero(owners == rank)
