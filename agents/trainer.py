@@ -329,7 +329,7 @@ class Trainer:
 
     def _apply(self, step: LearnStep, result: dict) -> None:
         """Count a learned step and move the offsets past it (dead letters included)."""
-        self.state.offsets.update(step.offsets)
+        self._advance_offsets(step)
         rejected = {index for index, _ in result["rejected"]}
         # Producer timestamps of the records in the step, for freshness.
         self._unpublished_ts_ms.extend(m.timestamp for i, m in enumerate(step.messages) if i not in rejected)
@@ -340,6 +340,9 @@ class Trainer:
         mode = self.settings.model.mode
         self.metrics.trainer_samples_total.labels(mode=mode).inc(result["samples"])
         self.metrics.trainer_loss.labels(mode=mode).set(result["loss"])
+
+    def _advance_offsets(self, step: LearnStep) -> None:
+        self.state.offsets.update(step.offsets)
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[int]:
         partitions = await asyncio.get_running_loop().run_in_executor(None, self._partitions)

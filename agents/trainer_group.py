@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 
 import msgpack
 from aiokafka import AIOKafkaConsumer
@@ -98,6 +99,10 @@ class GroupTrainer(Trainer):
         not data."""
         return {**self._learn_step(records), "failed": []}
 
+    def _advance_offsets(self, step: LearnStep) -> None:
+        """Done by :meth:`group_step` in the learn thread, in step order (a checkpoint there must
+        hold its step's offsets, and the loop may finish a step after the next one has started)."""
+
     def _owned(self, partitions: list[int]) -> list[int]:
         return owned_partitions(partitions, self.rank, self.world_size)
 
@@ -126,13 +131,20 @@ class GroupTrainer(Trainer):
             partitions = await self._assign(consumer)
             log.info("trainer rank %d/%d reading %s partitions %s from %s", self.rank, self.world_size, self.topic,
                      partitions, self.state.offsets)
+            submitted: deque[LearnStep] = deque()  # the step learning and at most one queued behind it
             while not self._stopping:
                 batches = await consumer.getmany(
                     timeout_ms=int(worker.train_batch_timeout_s * 1000), max_records=worker.train_batch_requests
                 )
                 step = self._step(batches)
+                # Queued behind the step in flight, so fetching overlaps learning; the learn thread
+                # runs the steps in order, which keeps every rank's collectives in the same order.
                 step.future = self.executor.submit(self.group_step, step, self._wants())
-                await self._finish(step)
+                submitted.append(step)
+                while len(submitted) > 1 or submitted[0].future.done():
+                    await self._finish(submitted.popleft())
+                    if not submitted:
+                        break
                 try:
                     await self._maybe_record_lag(consumer)
                 except Exception as exc:  # noqa: BLE001 - a metric; the next interval tries again
@@ -149,6 +161,11 @@ class GroupTrainer(Trainer):
             self._cold_start or (now - self._last_publish >= worker.publish_interval_s and step != self._published_step)
         )
         checkpoint = step != self._checkpointed_step and now - self._last_checkpoint >= worker.checkpoint_interval_s
+        # Counted from the request: a step queued behind this one must not ask again.
+        if publish:
+            self._last_publish = now
+        if checkpoint:
+            self._last_checkpoint = now
         return int(publish), int(checkpoint)
 
     def group_step(self, step: LearnStep, wants: tuple[int, int]) -> dict:
@@ -175,12 +192,11 @@ class GroupTrainer(Trainer):
         })
         parts = self.collective.gather(part)
         self._published_step = learner.step
-        self._last_publish = time.monotonic()
         if self.rank != 0:
             return
         shards = [msgpack.unpackb(p) for p in parts]
         for shard in shards[1:]:
-            self.publisher.hot.observe(seen_items(shard["items"]), self._last_publish)
+            self.publisher.hot.observe(seen_items(shard["items"]), time.monotonic())
         whole = assembled_learner(learner, [shard["shard"] for shard in shards])
         published = self.publisher.publish(
             whole, sum(s["samples"] for s in shards), records_learned=sum(s["records"] for s in shards),

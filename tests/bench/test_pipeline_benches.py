@@ -102,3 +102,24 @@ def test_streaming_overhead_quick(stack, tmp_path):
     assert set(result["trainer_step_ms"]) == {"decode", "convert", "progressive_auc", "learn"}
     assert all(ms > 0 for ms in result["trainer_step_ms"].values())
     assert_cleaned_up(stack, result["run_prefix"])
+
+
+def test_trainer_group_quick(stack, tmp_path):
+    """One trainer and a group of two learn the same stream through the broker to the last record."""
+    result = run_bench("bench.trainer_group", tmp_path)
+    for arm, world_size in (("single", 1), ("group", 2)):
+        figures = result[arm]
+        assert figures["world_size"] == world_size and figures["records"] == 400
+        assert 0.0 <= figures["long_view_auc"] <= 1.0 and 0.0 <= figures["recall_at_100"] <= 1.0
+        assert figures["evaluated_exposures"] == result["single"]["evaluated_exposures"] > 0  # the same held-out set
+        assert figures["records_per_s"] > 0
+        assert_cleaned_up(stack, figures["run_prefix"])
+    assert result["long_view_auc_abs_diff"] == pytest.approx(
+        abs(result["group"]["long_view_auc"] - result["single"]["long_view_auc"]))
+
+
+def test_train_bench_with_a_group_of_two(tmp_path):
+    result = run_bench("bench.train", tmp_path, "--world-size", "2")
+    assert result["world_size"] == 2 and len(result["ranks"]) == 2
+    assert result["speedup"] == pytest.approx(result["samples_per_s"] / result["single_samples_per_s"])
+    assert all(rank["samples"] == 10 * 32 * 20 for rank in result["ranks"])
