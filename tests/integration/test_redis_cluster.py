@@ -1,0 +1,162 @@
+"""The publisher, the scorer and the catalog on a Redis Cluster of real processes: 3 primaries and
+3 replicas started for this module on free loopback ports (the shared stack is never touched),
+stopped by their pids at the end.
+
+The failover: the primary holding ``current`` is killed with SIGKILL while requests keep coming;
+every one is answered (from the vectors the scorer holds, degraded while Redis cannot be read), a
+publish meanwhile fails with the typed outage error, and once its replica is promoted the scorer
+reads again and switches to the next version, read from the promoted replica.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from core.ports import free_port
+from core.redis import RedisUnavailable
+from funnel.publishing import Publisher
+from funnel.scoring import REDIS_DOWN, Scorer
+from funnel.store import open_store
+from models.features import ItemFeatures
+from models.learner import StudentLearner
+from models.served import ServedStudent
+from models.synthetic import SyntheticRequests
+from models.two_tower import TwoTowerConfig
+from prerank.exceptions import ServiceStartError
+from prerank.redis_cluster import NODES, cluster_down, cluster_nodes, cluster_up
+from streams.score_requests import ScoreRequest
+from tests.reliability.harness import derive
+
+pytestmark = pytest.mark.integration
+
+PROMOTION_DEADLINE_S = 60.0
+N_ITEMS, HOT_ITEMS = 300, 200  # the last 100 catalog items are not published: per-request misses
+
+
+@pytest.fixture(scope="module")
+def cluster(base_settings, tmp_path_factory):
+    home = tmp_path_factory.mktemp("redis-cluster")
+    ports = [(free_port(), free_port()) for _ in range(NODES)]
+    settings = derive(base_settings, stack={"home": home},
+                      redis={"cluster": True, "url": f"redis://127.0.0.1:{ports[0][0]}/0", "key_prefix": "tcluster"})
+    nodes = cluster_nodes(settings, ports)
+    try:
+        cluster_up(nodes, timeout_s=60)
+    except ServiceStartError as exc:
+        pytest.fail(f"the test's own Redis Cluster did not start: {exc}")
+    try:
+        yield settings, nodes
+    finally:
+        cluster_down(nodes)
+
+
+def node_table(node) -> dict[str, dict]:
+    """``CLUSTER NODES`` as seen by ``node``: by port, each node's id, flags and primary's id."""
+    table = {}
+    for line in node.cli("cluster", "nodes").splitlines():
+        node_id, address, flags, primary = line.split()[:4]
+        table[int(address.split("@")[0].rsplit(":", 1)[1])] = {"id": node_id, "flags": flags, "primary": primary}
+    return table
+
+
+def repl_offset(node) -> int:
+    info = dict(line.split(":", 1) for line in node.cli("info", "replication").splitlines() if ":" in line)
+    return int(info.get("master_repl_offset" if info["role"].strip() == "master" else "slave_repl_offset", "-1"))
+
+
+def wait(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def test_a_versions_keys_share_a_slot_and_the_catalog_spreads_over_the_primaries(cluster):
+    settings, nodes = cluster
+    store = open_store(derive(settings, redis={"key_prefix": "tslots"}).redis)
+    ids = [f"i{k}" for k in range(5000)]  # three blocks
+    store.publish(1, b"weights", ids, np.ones((5000, 4), np.float16), {"created_at_ms": 1}, ttl_s=60)
+    slots = {store.client.keyslot(store.version_key(1, part)) for part in ("meta", "weights", "block:0", "block:2")}
+    assert len(slots) == 1
+    assert store.version_vectors(1)[0] == ids and store.current_version() == 1
+    items = [ItemFeatures(f"c{k}", f"a{k}") for k in range(100)]
+    store.put_items(items)
+    owners = {store.client.get_node_from_key(store.key("item", item.item_id)).port for item in items}
+    assert len(owners) == 3  # the catalog lies on every primary, and is read across them
+    assert [found.author_id for found in store.items([item.item_id for item in items])] == [i.author_id for i in items]
+    assert store.delete_everything() == 100 + 1 + 2 + 5  # items, their id set, current and versions, v1's 5 keys
+    assert store.current_version() is None
+
+
+def test_publish_and_serve_through_a_primary_failover(cluster):
+    settings, nodes = cluster
+    store = open_store(settings.redis)
+    stream = SyntheticRequests(seed=3, n_users=20, n_items=N_ITEMS, items_per_request=6)
+    learner = StudentLearner(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=6, min_count=1))
+    learner.learn_many(stream.batch(20))
+    catalog = [stream.item(k) for k in range(N_ITEMS)]
+    store.put_items(catalog)
+    publisher = Publisher(store, hot_items=HOT_ITEMS, dtype="float16", ttl_s=300)
+    publisher.hot.observe(catalog[:150], now_s=0.0)
+    assert publisher.publish(learner, samples_learned=1).version == 1
+    scorer = Scorer(store, ServedStudent.from_bytes, audit_every=0, easy_negatives=0)
+    assert scorer.refresh() and scorer.version == 1
+    unpublished = [item.item_id for item in catalog if item.item_id not in set(store.version_vectors(1)[0])]
+    assert len(unpublished) == N_ITEMS - HOT_ITEMS
+    sent = 0
+
+    def ask(n: int) -> list:
+        nonlocal sent
+        requests = [ScoreRequest(request_id=f"r{sent + i}", user_id=f"u{(sent + i) % 20}", ts_ms=0, k=5,
+                                 candidates=[catalog[(sent + i + j) % N_ITEMS].item_id for j in range(0, N_ITEMS, 15)])
+                    for i in range(n)]
+        sent += n
+        responses = scorer.score_many(requests, [stream.user((sent + i) % 20) for i in range(n)])
+        assert [r.request_id for r in responses] == [r.request_id for r in requests]
+        assert all(r.error is None and len(r.items) == 5 for r in responses), [r.error for r in responses]
+        return responses
+
+    before = ask(10)
+    assert all(not r.degraded and r.unknown_items == 0 and r.cache_tiers["computed"] > 0 for r in before)
+
+    # the primary of ``current``'s slot, its replica, and that replica holding everything written
+    primary_port = store.client.get_node_from_key(store.key("current")).port
+    primary = next(node for node in nodes if node.port == primary_port)
+    table = node_table(primary)
+    replica = next(node for node in nodes if table[node.port]["primary"] == table[primary_port]["id"])
+    written = repl_offset(primary)
+    wait(lambda: repl_offset(replica) >= written, 30, "the replica to catch up")
+
+    os.kill(primary.pid(), signal.SIGKILL)
+    killed_at = time.monotonic()
+    during: list = []
+    with pytest.raises(RedisUnavailable):  # ``current`` cannot be flipped: the publish fails, typed
+        publisher.publish(learner, samples_learned=2)
+    while replica.role() != "master":
+        assert time.monotonic() - killed_at < PROMOTION_DEADLINE_S, "the replica was not promoted"
+        scorer.refresh()  # as the agent does, every 0.5 s: fails while the slot has no primary
+        during += ask(4)
+    promoted_s = time.monotonic() - killed_at
+    assert during, "no request was sent during the failover"
+    assert {r.model_version for r in during} == {1}  # served from the version held
+    assert any(REDIS_DOWN in r.degraded for r in during)
+
+    survivors = [node for node in nodes if node is not primary]
+    wait(lambda: all(n.info().get("cluster_state") == "ok" for n in survivors), 30, "the cluster to be ok again")
+    assert store.current_version() == 1  # the failed publish never flipped it, and it survived the failover
+    version = publisher.publish(learner, samples_learned=3).version
+    assert version == 3 and store.current_version() == 3
+    assert store.client.get_node_from_key(store.key("current")).port == replica.port
+    assert scorer.refresh() and scorer.version == 3
+    after = ask(10)
+    assert all(not r.degraded and r.model_version == 3 and r.unknown_items == 0 for r in after)
+    print(f"failover: promoted after {promoted_s:.1f}s, {len(during)} requests answered meanwhile, "
+          f"{sum(1 for r in during if r.degraded)} degraded")
