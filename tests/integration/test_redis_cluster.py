@@ -1,11 +1,12 @@
 """The publisher, the scorer and the catalog on a Redis Cluster of real processes: 3 primaries and
-3 replicas started for this module on free loopback ports (the shared stack is never touched),
+3 replicas started for each test on free loopback ports (the shared stack is never touched),
 stopped by their pids at the end.
 
 The failover: the primary holding ``current`` is killed with SIGKILL while requests keep coming;
 every one is answered (from the vectors the scorer holds, degraded while Redis cannot be read), a
 publish meanwhile fails with the typed outage error, and once its replica is promoted the scorer
-reads again and switches to the next version, read from the promoted replica.
+reads again and switches to the next version, read from the promoted replica. Once in process
+(the store, publisher and scorer themselves), once through the workers (Kafka in, Kafka out).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 import numpy as np
 import pytest
 
+from core.kafka import kafka_python_options
 from core.ports import free_port
 from core.redis import RedisUnavailable
 from funnel.publishing import Publisher
@@ -30,7 +32,18 @@ from models.two_tower import TwoTowerConfig
 from prerank.exceptions import ServiceStartError
 from prerank.redis_cluster import NODES, cluster_down, cluster_nodes, cluster_up
 from streams.score_requests import ScoreRequest
-from tests.reliability.harness import derive
+from tests.reliability.harness import (
+    Sender,
+    TopicReader,
+    Worker,
+    create_topics,
+    derive,
+    fresh_settings,
+    response_ids,
+    score_request,
+    send_funnel,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +51,10 @@ PROMOTION_DEADLINE_S = 60.0
 N_ITEMS, HOT_ITEMS = 300, 200  # the last 100 catalog items are not published: per-request misses
 
 
-@pytest.fixture(scope="module")
-def cluster(base_settings, tmp_path_factory):
-    home = tmp_path_factory.mktemp("redis-cluster")
+@pytest.fixture()
+def cluster(base_settings, tmp_path):
+    """A cluster of the test's own (a failover leaves a shard without replica: one per test)."""
+    home = tmp_path / "redis-cluster"
     ports = [(free_port(), free_port()) for _ in range(NODES)]
     settings = derive(base_settings, stack={"home": home},
                       redis={"cluster": True, "url": f"redis://127.0.0.1:{ports[0][0]}/0", "key_prefix": "tcluster"})
@@ -77,6 +91,19 @@ def wait(predicate, timeout_s: float, what: str):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def kill_current_primary(store, nodes):
+    """SIGKILL the primary of ``current``'s slot once its replica holds everything written;
+    returns (primary, replica)."""
+    primary_port = store.client.get_node_from_key(store.key("current")).port
+    primary = next(node for node in nodes if node.port == primary_port)
+    table = node_table(primary)
+    replica = next(node for node in nodes if table[node.port]["primary"] == table[primary_port]["id"])
+    written = repl_offset(primary)
+    wait(lambda: repl_offset(replica) >= written, 30, "the replica to catch up")
+    os.kill(primary.pid(), signal.SIGKILL)
+    return primary, replica
 
 
 def test_a_versions_keys_share_a_slot_and_the_catalog_spreads_over_the_primaries(cluster):
@@ -128,14 +155,7 @@ def test_publish_and_serve_through_a_primary_failover(cluster):
     assert all(not r.degraded and r.unknown_items == 0 and r.cache_tiers["computed"] > 0 for r in before)
 
     # the primary of ``current``'s slot, its replica, and that replica holding everything written
-    primary_port = store.client.get_node_from_key(store.key("current")).port
-    primary = next(node for node in nodes if node.port == primary_port)
-    table = node_table(primary)
-    replica = next(node for node in nodes if table[node.port]["primary"] == table[primary_port]["id"])
-    written = repl_offset(primary)
-    wait(lambda: repl_offset(replica) >= written, 30, "the replica to catch up")
-
-    os.kill(primary.pid(), signal.SIGKILL)
+    primary, replica = kill_current_primary(store, nodes)
     killed_at = time.monotonic()
     during: list = []
     with pytest.raises(RedisUnavailable):  # ``current`` cannot be flipped: the publish fails, typed
@@ -160,3 +180,65 @@ def test_publish_and_serve_through_a_primary_failover(cluster):
     assert all(not r.degraded and r.model_version == 3 and r.unknown_items == 0 for r in after)
     print(f"failover: promoted after {promoted_s:.1f}s, {len(during)} requests answered meanwhile, "
           f"{sum(1 for r in during if r.degraded)} degraded")
+
+
+def test_workers_publish_and_serve_through_a_primary_failover(cluster, base_settings, tmp_path):
+    """``prerank worker`` processes on the cluster: the trainer's publisher and the scorer agent."""
+    from monitoring.scrape import metric_sum, scrape
+    from streams import score_responses
+    from streams.registry import delete_topics
+    from tests.conftest import need_service
+
+    need_service("Kafka", base_settings.stack.host, base_settings.stack.kafka_port)
+    cluster_settings, nodes = cluster
+    settings = derive(fresh_settings(base_settings, tmp_path), redis={"cluster": True, "url": cluster_settings.redis.url},
+                      worker={"publish_interval_s": 1.0, "checkpoint_interval_s": 1.0})
+    create_topics(settings)
+    serving = Worker(settings, "history,joiner,scorer", tmp_path / "serving.log", index=0)
+    trainer = Worker(settings, "trainer,publisher", tmp_path / "trainer.log", index=1)
+    workers = [serving, trainer]
+    reader, sender, store = TopicReader(settings, "score_responses"), Sender(settings), open_store(settings.redis)
+
+    def ask(prefix: str, n: int) -> dict:
+        ids = {f"{prefix}{i}" for i in range(n)}
+        for rid in sorted(ids):
+            sender.request(score_request(rid, f"u{len(rid) % 5}"))
+        sender.flush()
+        reader.until(lambda got: ids <= set(response_ids(got)), 90, workers)
+        responses = (score_responses.CODEC.decode(m.value) for m in reader.messages)
+        return {r.request_id: r for r in responses if r.request_id in ids}
+
+    def scorer_version() -> float:
+        return metric_sum(scrape(settings.worker.metrics_port), "prerank_model_version", agent="scorer")
+
+    try:
+        send_funnel(settings, 20)
+        first = wait_for(store.current_version, 120, "a first version", workers)
+        wait_for(lambda: scorer_version() >= first, 60, "the scorer on the first version", workers)
+        before = ask("before", 5)
+        assert all(r.error is None and r.items and not r.degraded for r in before.values())
+
+        primary, replica = kill_current_primary(store, nodes)
+        killed_at = time.monotonic()
+        during = ask("during", 20)  # every one answered, from the version the scorer holds
+        assert len(during) == 20 and all(r.error is None and r.items for r in during.values())
+        assert min(r.model_version for r in during.values()) >= first
+        wait_for(lambda: replica.role() == "master", PROMOTION_DEADLINE_S, "the replica's promotion", workers)
+        promoted_s = time.monotonic() - killed_at
+
+        send_funnel(settings, 10, start=20)  # new data: a newer version, written to the promoted replica
+        newer = wait_for(lambda: (store.current_version() or 0) > first and store.current_version(), 90,
+                         "a version after the failover", workers)
+        assert store.client.get_node_from_key(store.key("current")).port == replica.port
+        wait_for(lambda: scorer_version() >= newer, 60, "the scorer on the newer version", workers)
+        after = ask("after", 5)
+        assert all(r.error is None and not r.degraded and r.model_version >= newer for r in after.values())
+        assert all(w.alive() for w in workers)
+        print(f"workers: promoted after {promoted_s:.1f}s; {sum(1 for r in during.values() if r.degraded)} of "
+              f"{len(during)} answers degraded during the failover; version {first} -> {newer}")
+    finally:
+        for worker in workers:
+            worker.stop()
+        reader.close()
+        sender.close()
+        delete_topics(kafka_python_options(settings.kafka), (settings.topics.prefix, settings.worker.app_id))
