@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 
 import numpy as np
@@ -104,6 +105,20 @@ def kill_current_primary(store, nodes):
     wait(lambda: repl_offset(replica) >= written, 30, "the replica to catch up")
     os.kill(primary.pid(), signal.SIGKILL)
     return primary, replica
+
+
+def test_a_cluster_whose_node_fails_to_start_stops_the_nodes_it_started(base_settings, tmp_path):
+    from tests.integration.test_nothing_left_behind import processes_in, wait_until
+
+    ports = [(free_port(), free_port()) for _ in range(NODES)]
+    nodes = cluster_nodes(derive(base_settings, stack={"home": tmp_path}), ports)
+    with socket.socket() as taken:  # bound, not listening: the pre-flight passes, node 3 cannot bind its bus
+        taken.bind(("127.0.0.1", ports[3][1]))
+        with pytest.raises(ServiceStartError, match="redis-cluster-3"):
+            cluster_up(nodes, timeout_s=30)
+    assert (tmp_path / "redis-cluster-0" / "stdout.log").exists()  # node 0 had been started
+    assert not any(node.pid() for node in nodes)
+    wait_until(lambda: processes_in(tmp_path.resolve()) == [], 30, "the nodes to exit")
 
 
 def test_a_versions_keys_share_a_slot_and_the_catalog_spreads_over_the_primaries(cluster):
