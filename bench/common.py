@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -40,11 +41,31 @@ class BenchError(PrerankError):
 
 
 def require_stack(settings: Settings) -> None:
-    """Raise :class:`BenchError` naming the missing service unless Kafka and Redis answer."""
+    """Raise :class:`BenchError` naming the missing service unless Kafka and Redis (the one
+    ``settings.redis.url`` names: a single node or a cluster's startup node) answer."""
     stack = settings.stack
-    for name, port in (("Kafka", stack.kafka_port), ("Redis", stack.redis_port)):
-        if not port_open(stack.host, port):
-            raise BenchError(f"{name} is not reachable on {stack.host}:{port}; start the stack with `prerank stack up`")
+    redis = urlsplit(settings.redis.url)
+    for name, host, port in (("Kafka", stack.host, stack.kafka_port),
+                             ("Redis", redis.hostname or stack.host, redis.port or stack.redis_port)):
+        if not port_open(host, port):
+            hint = "prerank stack up --redis-cluster" if name == "Redis" and settings.redis.cluster else "prerank stack up"
+            raise BenchError(f"{name} is not reachable on {host}:{port}; start it with `{hint}`")
+
+
+def on_redis_cluster(settings: Settings) -> Settings:
+    """The settings on the local Redis Cluster (``prerank stack up --redis-cluster``), for a
+    bench's ``--redis-cluster``: its numbers then compare with a single node's run.
+
+    >>> s = on_redis_cluster(Settings(_env_file=None))
+    >>> s.redis.cluster, s.redis.url
+    (True, 'redis://127.0.0.1:17001/0')
+    """
+    return with_changes(settings, redis={
+        "cluster": True, "url": f"redis://{settings.stack.host}:{settings.stack.redis_cluster_port}/0"})
+
+
+def redis_topology(settings: Settings) -> str:
+    return "cluster" if settings.redis.cluster else "single"
 
 
 def with_changes(settings: Settings, **sections: dict[str, Any]) -> Settings:

@@ -19,6 +19,7 @@ Kafka timestamp of the joiner's record: ``join_s`` (produce -> joined record on 
 ``after_join_s`` (joined record -> readable).
 
     python -m bench.freshness --json freshness.json      # or: prerank bench freshness --json PATH
+    python -m bench.freshness --redis-cluster --json freshness-redis-cluster.json   # on a Redis Cluster
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from bench.common import (
     BenchError,
     emit,
     environment,
+    on_redis_cluster,
     private_stack,
+    redis_topology,
     running_workers,
     summarize,
     wait_until,
@@ -306,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--join-window", type=float, default=defaults.join_window_s)
     parser.add_argument("--background-rps", type=float, default=defaults.background_rps)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="against the local Redis Cluster (`prerank stack up --redis-cluster`)")
     args = parser.parse_args(argv)
     probes, direct = (10, 4) if args.quick else (args.probes, args.direct_probes)
     config = FreshnessConfig(
@@ -316,10 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     if config.probes < 1 or config.publish_interval_s <= 0 or config.background_rps <= 0:
         raise BenchError("--probes, --publish-interval and --background-rps must be positive")
     base = load_settings()
+    if args.redis_cluster:
+        base = on_redis_cluster(base)
     with private_stack(base, "fresh", publish_interval_s=config.publish_interval_s,
                        join_window_s=config.join_window_s) as settings:
         folder = settings.worker.checkpoint_dir.parent
-        result = {**measure(settings, config, folder), "run_prefix": settings.topics.prefix}
+        result = {**measure(settings, config, folder), "redis": redis_topology(settings),
+                  "run_prefix": settings.topics.prefix}
     emit(result, args.json)
     return 0
 

@@ -21,6 +21,7 @@ The JSON has p50/p99 in ms per arm: ``p99_ms`` (steady), ``p99_ms_with_switches`
 p99, the switches seen and how long a version took to load.
 
     python -m bench.score --json score.json          # or: prerank bench score --json PATH
+    python -m bench.score --redis-cluster --json score-redis-cluster.json   # the same on a Redis Cluster
 """
 
 from __future__ import annotations
@@ -36,7 +37,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import delete_redis_keys, emit, environment, require_stack, summarize, with_changes
+from bench.common import (
+    delete_redis_keys,
+    emit,
+    environment,
+    on_redis_cluster,
+    redis_topology,
+    require_stack,
+    summarize,
+    with_changes,
+)
 from core.settings import Settings, load_settings
 from core.threads import limit_threads
 from funnel.metrics import top_k
@@ -225,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-requests", type=int, default=defaults.naive_requests)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one request is one row: 1 is best)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="against the local Redis Cluster (`prerank stack up --redis-cluster`)")
     args = parser.parse_args(argv)
     limit_threads(args.threads)
     config = ScoreBenchConfig(candidates=args.candidates, k=args.k, catalog_items=args.catalog, phases=args.phases,
@@ -235,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "switch_every_s": 0.6, "versions": 3, "naive_requests": 20,
                                      "distinct_requests": 50})
     settings = load_settings()
+    if args.redis_cluster:
+        settings = on_redis_cluster(settings)
     require_stack(settings)
     settings = with_changes(settings, redis={"key_prefix": f"bscore{uuid.uuid4().hex[:8]}"})
     started = time.monotonic()
@@ -242,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(settings, config)
     finally:
         delete_redis_keys(settings)
-    emit({"bench": "score", **result, "wall_s": time.monotonic() - started, "config": asdict(config),
+    emit({"bench": "score", "redis": redis_topology(settings), **result, "wall_s": time.monotonic() - started, "config": asdict(config),
           "environment": environment()}, args.json)
     return 0
 

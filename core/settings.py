@@ -51,6 +51,8 @@ class RedisSettings(BaseModel):
     tls_ca_certs: Path | None = None
     socket_timeout_s: float = 0.5
     key_prefix: str = "prerank"
+    # a Redis Cluster: ``url`` names one startup node (the client learns the others), db 0 only
+    cluster: bool = False
 
 
 
@@ -90,6 +92,7 @@ class StackSettings(BaseModel):
     kafka_ssl_truststore: Path | None = None
     kafka_ssl_client_auth: Literal["none", "requested", "required"] = "none"
     redis_port: int = 16379
+    redis_cluster_port: int = 17001  # `stack up --redis-cluster`: 6 nodes on this port and the 5 after it
     prometheus_port: int = 19090
     with_prometheus: bool = False
     start_timeout_s: float = 90.0

@@ -2,20 +2,26 @@
 
 Keys under one prefix ``p``::
 
-    p:current               the serving version (an integer), flipped last and atomically
+    p:current               the serving version (an integer), flipped last
     p:versions              sorted set of live versions (score = creation time)
-    p:v{N}:meta             JSON: created_at_ms, n_items, dtype, dim, blocks, samples_learned, ...
-    p:v{N}:weights          the exported student (safetensors bytes, pruned)
-    p:v{N}:block:{b}        block b of the version's item vectors: msgpack ``{"ids": [...],
+    p:{vN}:meta             JSON: created_at_ms, n_items, dtype, dim, blocks, samples_learned, ...
+    p:{vN}:weights          the exported student (safetensors bytes, pruned)
+    p:{vN}:block:{b}        block b of the version's item vectors: msgpack ``{"ids": [...],
                             "rows": bytes}``, rows raw little-endian float16 or float32, row i the
                             vector of ids[i]
     p:item:{item_id}        catalog entry (JSON), written by the catalog agent
+    p:catalog_ids           set of the catalog's item ids
 
 The vectors are written in blocks because scorers read a version whole (it stays resident in
 their process, ``funnel.scoring``): one MGET of a few large values instead of one key per item,
 and a block's ids and rows can never disagree. Everything of version N is written before
 ``current`` points at N, so a scorer that reads ``current`` and then version-N keys never mixes
 versions. Every key of a version expires.
+
+On a Redis Cluster (``redis.cluster``) a version's keys share one hash slot, the ``{vN}`` hash
+tag, so its pipeline of writes and the MGET of its blocks go to one node; ``current`` is a plain SET
+after them (no MULTI across slots). Catalog entries spread over the slots and are read with
+:func:`core.redis.mget_any`, one MGET per slot.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from collections.abc import Iterable, Sequence
 import msgpack
 import numpy as np
 
-from core.redis import redis_client
+from core.redis import mget_any, redis_client
 from core.settings import RedisSettings
 from models.features import ItemFeatures
 
@@ -43,8 +49,12 @@ class ModelStore:
     def key(self, *parts: object) -> str:
         return ":".join([self.prefix, *map(str, parts)])
 
+    def version_key(self, version: int, part: str) -> str:
+        """A key of version ``version``: hash-tagged ``{vN}``, so all of them share one cluster slot."""
+        return f"{self.prefix}:{{v{version}}}:{part}"
+
     def block_key(self, version: int, block: int) -> str:
-        return f"{self.prefix}:v{version}:block:{block}"
+        return self.version_key(version, f"block:{block}")
 
     # --- versions -------------------------------------------------------------------------
     def current_version(self) -> int | None:
@@ -52,11 +62,11 @@ class ModelStore:
         return int(value) if value is not None else None
 
     def meta(self, version: int) -> dict | None:
-        value = self.client.get(self.key(f"v{version}", "meta"))
+        value = self.client.get(self.version_key(version, "meta"))
         return json.loads(value) if value is not None else None
 
     def weights(self, version: int) -> bytes | None:
-        return self.client.get(self.key(f"v{version}", "weights"))
+        return self.client.get(self.version_key(version, "weights"))
 
     def live_versions(self) -> list[int]:
         return [int(v) for v in self.client.zrange(self.key("versions"), 0, -1)]
@@ -77,10 +87,9 @@ class ModelStore:
         """
         if vectors.shape[0] != len(item_ids):
             raise ValueError(f"{vectors.shape[0]} vectors for {len(item_ids)} item ids")
-        prefix = self.key(f"v{version}")
         blocks = range(0, len(item_ids), BLOCK_ITEMS)
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(f"{prefix}:weights", weights, ex=ttl_s)
+        pipe.set(self.version_key(version, "weights"), weights, ex=ttl_s)
         for block, start in enumerate(blocks):
             value = msgpack.packb({"ids": list(item_ids[start:start + BLOCK_ITEMS]),
                                    "rows": np.ascontiguousarray(vectors[start:start + BLOCK_ITEMS]).tobytes()},
@@ -88,17 +97,16 @@ class ModelStore:
             pipe.set(self.block_key(version, block), value, ex=ttl_s)
         written = {"blocks": len(blocks), "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
                    "dtype": str(vectors.dtype) if len(item_ids) else meta.get("dtype", str(vectors.dtype))}
-        pipe.set(f"{prefix}:meta", json.dumps({**meta, **written}), ex=ttl_s)
+        pipe.set(self.version_key(version, "meta"), json.dumps({**meta, **written}), ex=ttl_s)
         pipe.execute()
         older = [v for v in self.live_versions() if v != version]
-        flip = self.client.pipeline(transaction=True)
-        flip.set(self.key("current"), version)
-        flip.zadd(self.key("versions"), {str(version): meta.get("created_at_ms", 0)})
-        flip.execute()
+        # listed first, then served: a version in the set that is not current yet is harmless
+        self.client.zadd(self.key("versions"), {str(version): meta.get("created_at_ms", 0)})
+        self.client.set(self.key("current"), version)
         self._forget_expired(older)
 
     def _forget_expired(self, versions: Iterable[int]) -> None:
-        gone = [str(v) for v in versions if not self.client.exists(self.key(f"v{v}", "meta"))]
+        gone = [str(v) for v in versions if not self.client.exists(self.version_key(v, "meta"))]
         if gone:
             self.client.zrem(self.key("versions"), *gone)
 
@@ -165,7 +173,7 @@ class ModelStore:
     def items(self, item_ids: Sequence[str]) -> list[ItemFeatures | None]:
         if not item_ids:
             return []
-        values = self.client.mget([self.key("item", item) for item in item_ids])
+        values = mget_any(self.client, [self.key("item", item) for item in item_ids])
         out: list[ItemFeatures | None] = []
         for item_id, raw in zip(item_ids, values):
             if raw is None:

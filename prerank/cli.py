@@ -30,9 +30,14 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "prepare":
         stack.prepare(settings, with_prometheus=True)
         print("stack prerequisites present (java, redis-server, prometheus, Kafka jars)")
+    elif args.action == "up" and args.only_redis_cluster:
+        from prerank.redis_cluster import cluster_nodes, cluster_up
+
+        seconds = cluster_up(cluster_nodes(settings), settings.stack.start_timeout_s)
+        print(f"redis-cluster ready after {seconds:5.1f}s")
     elif args.action == "up":
         started = time.monotonic()
-        ready = stack.up(settings, with_prometheus=args.prometheus or None)
+        ready = stack.up(settings, with_prometheus=args.prometheus or None, with_redis_cluster=args.redis_cluster)
         for name, seconds in ready.items():
             print(f"{name:<11} ready after {seconds:5.1f}s")
         print(f"stack up in {time.monotonic() - started:.1f}s")
@@ -199,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("prepare", "up", "down", "status"),
                    help="prepare: check the programs and fetch the Kafka jars, start nothing")
     p.add_argument("--prometheus", action="store_true", help="also start Prometheus")
+    p.add_argument("--redis-cluster", action="store_true",
+                   help="also start a local Redis Cluster (3 primaries, 3 replicas) on stack.redis_cluster_port..+5")
+    p.add_argument("--only-redis-cluster", action="store_true",
+                   help="up: start only the Redis Cluster (next to a Kafka and Redis started elsewhere)")
     p.add_argument("--quiet", action="store_true", help="status: exit code only (0 up, 1 starting, 3 down)")
     p.set_defaults(run=_stack)
 

@@ -400,11 +400,12 @@ def prepare(settings: Settings, with_prometheus: bool | None = None) -> list[Ser
     return chosen
 
 
-def up(settings: Settings, with_prometheus: bool | None = None) -> dict[str, float]:
+def up(settings: Settings, with_prometheus: bool | None = None, with_redis_cluster: bool = False) -> dict[str, float]:
     """Start what is not running and wait for all; returns seconds to ready per service.
 
     All or nothing: nothing starts unless every prerequisite holds, and a failure to start or to
     become ready stops every process this call started (already-running services stay).
+    ``with_redis_cluster`` also starts the local Redis Cluster (:mod:`prerank.redis_cluster`).
     """
     chosen = prepare(settings, with_prometheus)
     started: list[Service] = []
@@ -412,7 +413,12 @@ def up(settings: Settings, with_prometheus: bool | None = None) -> dict[str, flo
         for service in chosen:
             if service.start():
                 started.append(service)
-        return {s.name: s.wait_ready(settings.stack.start_timeout_s) for s in chosen}
+        ready = {s.name: s.wait_ready(settings.stack.start_timeout_s) for s in chosen}
+        if with_redis_cluster:
+            from prerank.redis_cluster import cluster_nodes, cluster_up
+
+            ready["redis-cluster"] = cluster_up(cluster_nodes(settings), settings.stack.start_timeout_s)
+        return ready
     except BaseException:
         for service in reversed(started):
             service.stop()
@@ -420,8 +426,11 @@ def up(settings: Settings, with_prometheus: bool | None = None) -> dict[str, flo
 
 
 def down(settings: Settings) -> list[str]:
-    """Stop every service this stack started (Prometheus included); returns the stopped names."""
-    return [s.name for s in reversed(services(settings, True)) if s.stop()]
+    """Stop every service this stack started (Prometheus and the Redis Cluster included); returns
+    the stopped names."""
+    from prerank.redis_cluster import cluster_down, cluster_nodes
+
+    return cluster_down(cluster_nodes(settings)) + [s.name for s in reversed(services(settings, True)) if s.stop()]
 
 
 def status(settings: Settings) -> dict[str, dict]:
@@ -435,4 +444,11 @@ def status(settings: Settings) -> dict[str, dict]:
         }
         if isinstance(service, Kafka) and settings.stack.kafka_ssl_port is not None:
             report[service.name]["ssl_address"] = f"{settings.stack.host}:{settings.stack.kafka_ssl_port}"
+    from prerank.redis_cluster import cluster_nodes, cluster_ready
+
+    nodes = cluster_nodes(settings)
+    pids = [node.pid() for node in nodes]
+    if any(pids):  # reported only when started (`stack up --redis-cluster`)
+        report["redis-cluster"] = {"pid": pids, "address": f"{settings.stack.host}:{nodes[0].port}-{nodes[-1].port}",
+                                   "ready": all(pids) and cluster_ready(nodes)}
     return report

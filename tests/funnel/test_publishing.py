@@ -52,7 +52,7 @@ def make_publisher(client, prefix, **overrides) -> Publisher:
 
 
 def version_keys(client, prefix, version) -> set[str]:
-    return {key.decode() for key in client.scan_iter(f"{prefix}:v{version}:*")}
+    return {key.decode() for key in client.scan_iter(ModelStore(client, prefix).version_key(version, "*"))}
 
 
 def vector_ids(client, prefix, version) -> set[str]:
@@ -92,39 +92,20 @@ def test_a_publish_writes_weights_vectors_and_meta_then_points_current_at_them(c
 
 
 class Watched:
-    """A Redis client whose pipelines check, just before the one that sets ``current`` executes,
-    that the version it names is completely written and ``current`` still names the old one."""
+    """A Redis client that checks, just before ``current`` is set (a plain SET: a MULTI could not
+    span the cluster slots of ``current`` and the version's keys), that the version it names is
+    completely written and listed, and ``current`` still names the old one."""
 
     def __init__(self, real, on_flip) -> None:
         self.real, self.on_flip = real, on_flip
 
     def __getattr__(self, name):
-        if name == "set":
-            raise AssertionError("current must be flipped in a pipeline, with the version set")
         return getattr(self.real, name)
 
-    def pipeline(self, transaction=True):
-        return WatchedPipeline(self.real.pipeline(transaction=transaction), self, transaction)
-
-
-class WatchedPipeline:
-    def __init__(self, pipe, owner: Watched, transaction: bool) -> None:
-        self.pipe, self.owner, self.transaction, self.keys = pipe, owner, transaction, []
-
-    def __getattr__(self, name):
-        method = getattr(self.pipe, name)
-
-        def record(*args, **kwargs):
-            key = args[1] if name == "execute_command" else args[0] if args else None
-            self.keys.append(key)
-            return method(*args, **kwargs)
-        return record
-
-    def execute(self):
-        if any(isinstance(key, str) and key.endswith(":current") for key in self.keys):
-            self.owner.on_flip(self.transaction, self.keys)
-        self.keys = []
-        return self.pipe.execute()
+    def set(self, key, value, **kwargs):
+        if key.endswith(":current"):
+            self.on_flip(int(value))
+        return self.real.set(key, value, **kwargs)
 
 
 def test_current_flips_only_after_the_whole_version_is_written(client, learner_and_items):
@@ -133,13 +114,12 @@ def test_current_flips_only_after_the_whole_version_is_written(client, learner_a
     flips: list[int] = []
     store = ModelStore(real, prefix)
 
-    def on_flip(transaction, keys):
-        version = len(flips) + 1
-        assert transaction, "the flip and the version set change together (MULTI/EXEC)"
+    def on_flip(version):
+        assert version == len(flips) + 1
         assert store.current_version() == (version - 1 or None)  # the old version still serves
         assert store.meta(version) is not None and store.weights(version) is not None
         assert vector_ids(real, prefix, version) == {item.item_id for item in items}
-        assert keys == [f"{prefix}:current", f"{prefix}:versions"]  # nothing else rides on the flip
+        assert version in store.live_versions()  # listed before it serves
         if version > 1:  # the version being replaced is still whole while it serves
             assert vector_ids(real, prefix, version - 1) == {item.item_id for item in items}
         flips.append(version)

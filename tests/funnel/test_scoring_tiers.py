@@ -76,41 +76,23 @@ def test_scorer_tiers_give_the_published_and_the_computed_vectors():
 
 
 class FakePipelineRedis(FakeRedis):
-    """Enough of a client for ModelStore.publish: pipelines of SET / DELETE / ZADD, run at execute."""
+    """Enough of a client for ModelStore.publish: SET / ZADD at once, pipelines of them run at execute."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ttl: dict[str, int] = {}
         self.zsets: dict[str, dict[str, float]] = {}
-        self.queued: list[tuple] = []
 
     def pipeline(self, transaction: bool = False):
-        return self
-
-    def execute_command(self, *args):
-        self.queued.append(args)
+        return FakePipeline(self)
 
     def set(self, key, value, ex=None):
-        self.queued.append(("SET", key, value, "EX", ex) if ex is not None else ("SET", key, value))
-
-    def delete(self, *keys):
-        self.queued.append(("DEL", *keys))
+        self.data[key] = value if isinstance(value, bytes) else str(value).encode()
+        if ex is not None:
+            self.ttl[key] = ex
 
     def zadd(self, key, mapping):
-        self.queued.append(("ZADD", key, mapping))
-
-    def execute(self):
-        for command, key, *rest in self.queued:
-            if command == "SET":
-                self.data[key] = rest[0] if isinstance(rest[0], bytes) else str(rest[0]).encode()
-                if len(rest) == 3:
-                    self.ttl[key] = rest[2]
-            elif command == "DEL":
-                for k in (key, *rest):
-                    self.data.pop(k, None)
-            elif command == "ZADD":
-                self.zsets.setdefault(key, {}).update(rest[0])
-        self.queued = []
+        self.zsets.setdefault(key, {}).update(mapping)
 
     def zrange(self, key, start, end):
         return list(self.zsets.get(key, {}))
@@ -121,6 +103,19 @@ class FakePipelineRedis(FakeRedis):
     def zrem(self, key, *members):
         for member in members:
             self.zsets.get(key, {}).pop(member, None)
+
+
+class FakePipeline:
+    def __init__(self, client: FakePipelineRedis) -> None:
+        self.client, self.queued = client, []
+
+    def set(self, key, value, ex=None):
+        self.queued.append((key, value, ex))
+
+    def execute(self):
+        for key, value, ex in self.queued:
+            self.client.set(key, value, ex)
+        self.queued = []
 
 
 def test_published_vectors_read_back_in_order_with_their_ttl():
@@ -167,7 +162,7 @@ def test_a_scorer_without_a_model_picks_up_the_first_version_on_the_next_request
     scorer = Scorer(store, lambda _: student, audit_every=0)
     request = ScoreRequest(request_id="r", user_id="u", ts_ms=0, candidates=["i0", "i1", "i2"], k=2)
     assert scorer.score(request, UserFeatures("u")).error == "no model version published yet"
-    store.client.data.update({"p:current": b"1", "p:v1:weights": b"w", "p:v1:meta": b"{}"})
+    store.client.data.update({"p:current": b"1", store.version_key(1, "weights"): b"w", store.version_key(1, "meta"): b"{}"})
     response = scorer.score(request, UserFeatures("u"))  # no timer has run: the request reads it
     assert response.error is None and response.model_version == 1 and len(response.items) == 2
 
