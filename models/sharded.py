@@ -57,9 +57,10 @@ class ShardedLookup:
     :meth:`apply_row_grads` for the optimiser step.
     """
 
-    def __init__(self, tables: dict[str, EmbeddingTable], now: int, collective) -> None:
+    def __init__(self, tables: dict[str, EmbeddingTable], now: int, collective, pairs: int = 0) -> None:
         self.tables = tables
-        self.now = now
+        self.now = now  # this rank's clock until the exchange, then the group's (the latest)
+        self.pairs = pairs  # this rank's pairs until the exchange, then the group's
         self.collective = collective
         self.names = list(tables)  # the same order on every rank (models.tokens.TABLES)
         self._leaves: dict[str, tuple[torch.Tensor, list[int]]] = {}  # table -> (leaf, rows per owner)
@@ -82,7 +83,11 @@ class ShardedLookup:
                 positions = np.flatnonzero(owners == rank)
                 owner_positions[name, rank] = positions
                 requests[rank].append([flat[p] for p in positions.tolist()])
-        asked = [msgpack.unpackb(m) for m in self.collective.exchange([msgpack.packb(r) for r in requests])]
+        # Every rank's clock and pair count ride with its ids: the step needs no other collective to agree on them.
+        asked = [msgpack.unpackb(m) for m in self.collective.exchange(
+            [msgpack.packb([self.now, self.pairs, *r]) for r in requests])]
+        self.now, self.pairs = max(a[0] for a in asked), sum(a[1] for a in asked)
+        asked = [a[2:] for a in asked]
         answers = [msgpack.unpackb(m) for m in self.collective.exchange(self._lend(asked))]
 
         out: list[torch.Tensor] = [torch.empty(0)] * len(slots)
@@ -165,13 +170,13 @@ def learn_sharded(learner, samples: Sequence[RequestSample]) -> dict[str, float]
     collective = learner.collective
     samples = [s for s in samples if s.n_items > 0]
     n_pairs = sum(s.n_items for s in samples)
-    heads = collective.all_ints([max((int(s.ts_ms) for s in samples), default=0), n_pairs])
-    if sum(pairs for _, pairs in heads) == 0:  # nothing anywhere: no step, as a lone learner
-        return {"loss": 0.0, "n_pairs": 0.0}
-    learner.clock_ms = max(learner.clock_ms, *(clock for clock, _ in heads))
     unique_items, request_index, item_index = flatten_pairs(samples)
-    lookup = ShardedLookup(learner.student.tables, learner.clock_ms, collective)
+    clock = max(learner.clock_ms, *(int(s.ts_ms) for s in samples)) if samples else learner.clock_ms
+    lookup = ShardedLookup(learner.student.tables, clock, collective, n_pairs)
     logits = learner.student([s.user for s in samples], unique_items, request_index, item_index, lookup)
+    learner.clock_ms = lookup.now
+    if lookup.pairs == 0:  # nothing anywhere (no id was sighted either): no step, as a lone learner
+        return {"loss": 0.0, "n_pairs": 0.0}
     learner.last_pair_logits = logits.detach().numpy().copy()
     learner.optimizer.zero_grad()
     metrics: dict[str, float] = {"loss": 0.0}
@@ -185,7 +190,7 @@ def learn_sharded(learner, samples: Sequence[RequestSample]) -> dict[str, float]
     reduction = collective.sum_in_background(flat)
     lookup.apply_row_grads(learner.optimizer.ftrl, float(n_pairs))
     reduction.wait()
-    flat.div_(float(sum(pairs for _, pairs in heads)))  # the pair-weighted mean: one step on the union
+    flat.div_(float(lookup.pairs))  # the pair-weighted mean: one step on the union
     start = 0
     for parameter in parameters:
         parameter.grad = flat[start:start + parameter.numel()].view_as(parameter)
