@@ -63,6 +63,7 @@ class GroupTrainer(Trainer):
         self.collective = None
         self.seen = SeenItems()
         self._cold_start = False
+        self._group_busy = False  # whether any rank had records in the last group step
         self._checkpointed_step = 0
         self._published_step = -1
 
@@ -133,9 +134,10 @@ class GroupTrainer(Trainer):
                      partitions, self.state.offsets)
             submitted: deque[LearnStep] = deque()  # the step learning and at most one queued behind it
             while not self._stopping:
-                batches = await consumer.getmany(
-                    timeout_ms=int(worker.train_batch_timeout_s * 1000), max_records=worker.train_batch_requests
-                )
+                # While any rank had records, a rank without any must not hold the group up waiting
+                # for its own: it takes what is buffered (maybe nothing) and joins the next step.
+                timeout_s = 0.0 if self._group_busy else worker.train_batch_timeout_s
+                batches = await consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=worker.train_batch_requests)
                 step = self._step(batches)
                 # Queued behind the step in flight, so fetching overlaps learning; the learn thread
                 # runs the steps in order, which keeps every rank's collectives in the same order.
@@ -173,7 +175,8 @@ class GroupTrainer(Trainer):
         heads = self.collective.all_ints([len(step.messages), *wants])
         publish, checkpoint = heads[0][1], heads[0][2]
         result = {"samples": 0, "duplicates": 0, "failed": [], "rejected": []}
-        if any(count for count, _, _ in heads):
+        self._group_busy = any(count for count, _, _ in heads)
+        if self._group_busy:
             result = self.learn_messages(step.messages)
         # The model has learned this step: its offsets go into a checkpoint taken now.
         self.state.offsets.update(step.offsets)

@@ -123,7 +123,7 @@ def run_arm(base: Settings, config: GroupBenchConfig, world_size: int, records, 
                        f"{label}: every record learned", workers, interval_s=0.2)
             done = time.monotonic()
         model = trained_model(settings, world_size)
-        return {"world_size": world_size, **evaluate(model, held_out),
+        return {"world_size": world_size, **evaluate(model, held_out), "learn_steps": model.step,
                 "records_per_s": (len(records) - at_first) / max(done - first, 1e-9),
                 "wall_s": done - started, "records": len(records), "run_prefix": settings.topics.prefix}
 
