@@ -178,27 +178,51 @@ def learn_sharded(learner, samples: Sequence[RequestSample]) -> dict[str, float]
     if lookup.pairs == 0:  # nothing anywhere (no id was sighted either): no step, as a lone learner
         return {"loss": 0.0, "n_pairs": 0.0}
     learner.last_pair_logits = logits.detach().numpy().copy()
-    learner.optimizer.zero_grad()
+    grads = _flat_grads(learner.student)
     metrics: dict[str, float] = {"loss": 0.0}
     if n_pairs:
         loss, metrics = learner.objective(logits, PairLabels.from_samples(samples), learner.step, None)
-        loss.backward()
+        # This rank's share of the mean over the group's pairs: the all-reduced sum is the gradient
+        # of one step on the union of the micro-batches.
+        (loss * (n_pairs / lookup.pairs)).backward()
+        _keep_in(grads, learner.student)
     # The dense all-reduce runs in the background while the rows go to their owners.
-    parameters = list(learner.student.parameters())
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in parameters])
-    flat.mul_(float(n_pairs))
-    reduction = collective.sum_in_background(flat)
-    lookup.apply_row_grads(learner.optimizer.ftrl, float(n_pairs))
+    reduction = collective.sum_in_background(grads)
+    lookup.apply_row_grads(learner.optimizer.ftrl, float(lookup.pairs))  # summed per-pair gradients
     reduction.wait()
-    flat.div_(float(lookup.pairs))  # the pair-weighted mean: one step on the union
-    start = 0
-    for parameter in parameters:
-        parameter.grad = flat[start:start + parameter.numel()].view_as(parameter)
-        start += parameter.numel()
     learner.optimizer.dense.step()
     learner.end_step()
     metrics["n_pairs"] = float(n_pairs)
     return metrics
+
+
+def _flat_grads(module: torch.nn.Module) -> torch.Tensor:
+    """One zeroed buffer holding every dense gradient (each ``.grad`` a view into it), so the
+    backward pass accumulates straight into what the all-reduce sends: no copy either way."""
+    parameters = list(module.parameters())
+    buffer = getattr(module, "_flat_grad_buffer", None)
+    if buffer is None or buffer.numel() != sum(p.numel() for p in parameters):
+        buffer = torch.zeros(sum(p.numel() for p in parameters))
+        module._flat_grad_buffer = buffer
+    buffer.zero_()
+    start = 0
+    for parameter in parameters:
+        view = buffer[start:start + parameter.numel()].view_as(parameter)
+        if parameter.grad is None or parameter.grad.data_ptr() != view.data_ptr():
+            parameter.grad = view
+        start += parameter.numel()
+    return buffer
+
+
+def _keep_in(buffer: torch.Tensor, module: torch.nn.Module) -> None:
+    """Copy back any gradient autograd replaced instead of accumulating into its view."""
+    start = 0
+    for parameter in module.parameters():
+        view = buffer[start:start + parameter.numel()].view_as(parameter)
+        if parameter.grad.data_ptr() != view.data_ptr():
+            view.copy_(parameter.grad)
+            parameter.grad = view
+        start += parameter.numel()
 
 
 # ---------------------------------------------------------------------------- publishing
