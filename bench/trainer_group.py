@@ -20,9 +20,9 @@ each arm's records/s from its first to its last learned record.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,8 +32,9 @@ from bench.common import emit, environment, private_stack, running_workers, wait
 from core.ports import free_port
 from core.settings import Settings, load_settings
 from funnel.metrics import auc, consistency_recall
+from funnel.checkpoint import Checkpoint, CheckpointDir
+from funnel.trainer_group import manifest_checkpoints
 from funnel.training import MODEL_FILE
-from funnel.trainer_group import read_manifest
 from models.learner import StudentLearner
 from models.sharded import assemble, shard_bytes
 from models.synthetic import SyntheticRequests
@@ -64,29 +65,30 @@ def stream(config: GroupBenchConfig):
     return [record_from_sample(s) for s in train], held_out.batch(config.eval_requests)
 
 
-def learned_records(settings: Settings, world_size: int) -> int:
-    """Records in the checkpoints: the single trainer's latest, or the group's manifest step."""
+def rank_roots(settings: Settings, world_size: int) -> list[Path]:
     root = settings.worker.checkpoint_dir
+    return [root] if world_size == 1 else [root / f"rank-{rank}" for rank in range(world_size)]
+
+
+def checkpoints(settings: Settings, world_size: int) -> list[Checkpoint] | None:
+    """The single trainer's latest checkpoint, or the ones the group's manifest names."""
+    roots = rank_roots(settings, world_size)
     if world_size == 1:
-        latest = root / "LATEST"
-        return json.loads((root / latest.read_text().strip() / "offsets.json").read_text())["counters"]["records"] \
-            if latest.exists() else 0
-    manifest = read_manifest(root / "rank-0")
-    if manifest is None:
-        return 0
-    return sum(json.loads((root / f"rank-{s['rank']}" / s["folder"] / "offsets.json").read_text())["counters"]["records"]
-               for s in manifest.shards)
+        latest = CheckpointDir(roots[0]).latest()
+        return None if latest is None else [latest]
+    return manifest_checkpoints(roots)
+
+
+def learned_records(settings: Settings, world_size: int) -> int:
+    return sum(c.counters["records"] for c in checkpoints(settings, world_size) or [])
 
 
 def trained_model(settings: Settings, world_size: int) -> StudentLearner:
-    root = settings.worker.checkpoint_dir
-    if world_size == 1:
-        return StudentLearner.load(root / (root / "LATEST").read_text().strip() / MODEL_FILE)
-    manifest = read_manifest(root / "rank-0")
-    shards = [StudentLearner.load(root / f"rank-{s['rank']}" / s["folder"] / MODEL_FILE)
-              for s in sorted(manifest.shards, key=lambda s: s["rank"])]
+    """The model in the checkpoints; a group's assembled from every rank's shard."""
+    shards = [StudentLearner.load(c.folder / MODEL_FILE) for c in checkpoints(settings, world_size)]
     whole = shards[0]
-    whole.student.tables = assemble(whole.student.tables, [shard_bytes(s.student.tables) for s in shards])
+    if len(shards) > 1:
+        whole.student.tables = assemble(whole.student.tables, [shard_bytes(s.student.tables) for s in shards])
     return whole
 
 
@@ -110,9 +112,8 @@ def run_arm(base: Settings, config: GroupBenchConfig, world_size: int, records, 
         _produce(settings, [(r.user_id.encode(), CODEC.encode(r)) for r in records])
         folder, port = settings.worker.checkpoint_dir, free_port()
         ranks = [with_changes(settings, worker={
-            "trainer_world_size": world_size, "trainer_rank": rank, "trainer_master_port": port,
-            "checkpoint_dir": folder / f"rank-{rank}" if world_size > 1 else folder,
-        }) for rank in range(world_size)]
+            "trainer_world_size": world_size, "trainer_rank": rank, "trainer_master_port": port, "checkpoint_dir": root,
+        }) for rank, root in enumerate(rank_roots(settings, world_size))]
         specs = [("trainer,publisher" if rank == 0 else "trainer", rank) for rank in range(world_size)]
         started = time.monotonic()
         with _group_workers(ranks, folder.parent, specs) as workers:
@@ -128,19 +129,14 @@ def run_arm(base: Settings, config: GroupBenchConfig, world_size: int, records, 
                 "wall_s": done - started, "records": len(records), "run_prefix": settings.topics.prefix}
 
 
+@contextmanager
 def _group_workers(ranks: list[Settings], folder: Path, specs):
-    """Each rank's worker with its own settings (rank, checkpoint folder)."""
-    from contextlib import ExitStack, contextmanager
-
-    @contextmanager
-    def together():
-        with ExitStack() as stack:
-            workers = []
-            for settings, spec in zip(ranks, specs):
-                workers.extend(stack.enter_context(running_workers(settings, folder, spec)))
-            yield workers
-
-    return together()
+    """Each rank's worker with its own settings (rank, checkpoint folder); all stopped on exit."""
+    with ExitStack() as stack:
+        workers = []
+        for settings, spec in zip(ranks, specs):
+            workers.extend(stack.enter_context(running_workers(settings, folder, spec)))
+        yield workers
 
 
 def _produce(settings: Settings, messages) -> None:

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 
 from core.errors import PrerankError
 from core.settings import WorkerSettings
-from funnel.checkpoint import fsync_path
+from funnel.checkpoint import Checkpoint, fsync_path
 from models.collective import Collective
 from models.features import ItemFeatures
 
@@ -116,3 +116,20 @@ def seen_items(rows: Iterable[list]) -> list[ItemFeatures]:
     """The items of :meth:`SeenItems.drain` rows, each repeated by its count."""
     return [ItemFeatures(item_id, author_id, tuple(tags), int(duration_ms))
             for item_id, author_id, tags, duration_ms, count in rows for _ in range(int(count))]
+
+
+def manifest_checkpoints(rank_roots: Sequence[Path]) -> list[Checkpoint] | None:
+    """Every rank's checkpoint the manifest names, by rank (``None`` before the first manifest).
+
+    ``rank_roots[r]`` is rank ``r``'s checkpoint folder, readable here (a test, a benchmark, an
+    operator's copy); the manifest is in rank 0's.
+    """
+    manifest = read_manifest(Path(rank_roots[0]))
+    if manifest is None:
+        return None
+    out = []
+    for shard in sorted(manifest.shards, key=lambda s: s["rank"]):
+        folder = Path(rank_roots[shard["rank"]]) / shard["folder"]
+        state = json.loads((folder / "offsets.json").read_text())
+        out.append(Checkpoint(folder, state["offsets"], state["counters"]))
+    return out

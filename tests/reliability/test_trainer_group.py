@@ -8,13 +8,11 @@ every rank from the manifest's step.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from core.ports import free_port
 from funnel.convert import record_from_sample
-from funnel.trainer_group import read_manifest
+from funnel.trainer_group import manifest_checkpoints
 from streams.training_samples import CODEC as SAMPLES
 from tests.integration.test_pipeline import _samples
 from tests.integration.workers import send_all
@@ -45,16 +43,9 @@ def start_group(settings, tmp_path, life: int, cleanup) -> list[Worker]:
 
 
 def group_counters(tmp_path) -> dict[str, int]:
-    """Records and samples in the manifest's step, summed over its shards (0 before the first)."""
-    manifest = read_manifest(tmp_path / "rank-0")
-    if manifest is None:
-        return {"records": 0, "samples": 0, "duplicate_records": 0, "step": 0}
-    totals = {"records": 0, "samples": 0, "duplicate_records": 0, "step": manifest.step}
-    for shard in manifest.shards:
-        counters = json.loads((tmp_path / f"rank-{shard['rank']}" / shard["folder"] / "offsets.json").read_text())
-        for key in ("records", "samples", "duplicate_records"):
-            totals[key] += counters["counters"].get(key, 0)
-    return totals
+    """Records, samples and dropped copies in the manifest's step, summed over its shards."""
+    shards = manifest_checkpoints([tmp_path / f"rank-{rank}" for rank in range(WORLD)]) or []
+    return {key: sum(c.counters.get(key, 0) for c in shards) for key in ("records", "samples", "duplicate_records")}
 
 
 def test_one_of_two_trainers_killed_every_record_is_learned_exactly_once(stack_settings, tmp_path, measure, cleanup):
