@@ -29,8 +29,10 @@ from collections import deque
 import msgpack
 from aiokafka import AIOKafkaConsumer
 
+from agents.app import bounded
 from agents.trainer import LEARNED_IDS_FILE, LearnStep, Trainer, TrainerState
 from core.kafka import aiokafka_options
+from core.redis import RedisUnavailable
 from funnel.dedupe import RecentIds
 from funnel.trainer_group import (
     GroupManifest,
@@ -64,6 +66,7 @@ class GroupTrainer(Trainer):
         self.seen = SeenItems()
         self._cold_start = False
         self._group_busy = False  # whether any rank had records in the last group step
+        self._unpublished_evictions: list[str] = []  # the group's evicted items no version has dropped yet
         self._checkpointed_step = 0
         self._published_step = -1
 
@@ -159,9 +162,12 @@ class GroupTrainer(Trainer):
         if self.rank != 0:
             return 0, 0
         worker, now, step = self.settings.worker, time.monotonic(), self.state.learner.step
-        publish = self.publisher is not None and (
-            self._cold_start or (now - self._last_publish >= worker.publish_interval_s and step != self._published_step)
-        )
+        due = self.publisher is not None and now - self._last_publish >= worker.publish_interval_s
+        if due and step == self._published_step and not self._cold_start:
+            # Nothing new: publish again only if the store lost the version (Redis restarted empty).
+            self._last_publish = now
+            self._cold_start = self._store_is_empty_now()
+        publish = self.publisher is not None and (self._cold_start or (due and step != self._published_step))
         checkpoint = step != self._checkpointed_step and now - self._last_checkpoint >= worker.checkpoint_interval_s
         # Counted from the request: a step queued behind this one must not ask again.
         if publish:
@@ -169,6 +175,12 @@ class GroupTrainer(Trainer):
         if checkpoint:
             self._last_checkpoint = now
         return int(publish), int(checkpoint)
+
+    def _store_is_empty_now(self) -> bool:
+        try:
+            return self._store_is_empty()
+        except (RedisUnavailable, OSError):
+            return False  # down: the publish would fail; asked again at the next interval
 
     def group_step(self, step: LearnStep, wants: tuple[int, int]) -> dict:
         """One group step, in the learn thread (see the module docstring)."""
@@ -194,17 +206,23 @@ class GroupTrainer(Trainer):
             "evicted": learner.drain_evicted_item_ids(), "samples": counters["samples"], "records": counters["records"],
         })
         parts = self.collective.gather(part)
-        self._published_step = learner.step
         if self.rank != 0:
             return
         shards = [msgpack.unpackb(p) for p in parts]
         for shard in shards[1:]:
             self.publisher.hot.observe(seen_items(shard["items"]), time.monotonic())
+        self._unpublished_evictions.extend(item for s in shards for item in s["evicted"])
         whole = assembled_learner(learner, [shard["shard"] for shard in shards])
-        published = self.publisher.publish(
-            whole, sum(s["samples"] for s in shards), records_learned=sum(s["records"] for s in shards),
-            evicted=[item for s in shards for item in s["evicted"]],
-        )
+        try:
+            published = self.publisher.publish(
+                whole, sum(s["samples"] for s in shards), records_learned=sum(s["records"] for s in shards),
+                evicted=self._unpublished_evictions,
+            )
+        except (RedisUnavailable, OSError) as exc:  # as a lone trainer: the next interval retries, the group goes on
+            log.warning("publish failed, will retry: %s", bounded(exc))
+            return
+        self._unpublished_evictions = []
+        self._published_step = learner.step
         self._cold_start = False
         self._record_published(published, whole)
 

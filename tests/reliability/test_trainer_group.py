@@ -16,7 +16,7 @@ from funnel.trainer_group import manifest_checkpoints
 from streams.training_samples import CODEC as SAMPLES
 from tests.integration.test_pipeline import _samples
 from tests.integration.workers import send_all
-from tests.reliability.harness import Worker, derive, redis_store, wait_for
+from tests.reliability.harness import Worker, derive, private_redis, redis_store, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +85,31 @@ def test_one_of_two_trainers_killed_every_record_is_learned_exactly_once(stack_s
     assert counters["duplicate_records"] == 0  # nothing reached a model twice, not even to be dropped
     assert meta["records_learned"] == len(records)
     assert meta["n_items"] > 0
+
+
+def test_the_group_learns_through_a_redis_outage_and_publishes_once_it_is_back(stack_settings, tmp_path, cleanup):
+    """Rank 0's publish fails while Redis is down; the group goes on learning (a lone trainer's
+    rule), and the next version after Redis is back holds every record."""
+    redis, settings = private_redis(stack_settings, tmp_path / "stack")
+    settings = derive(settings, worker={"checkpoint_interval_s": 0.3, "train_batch_requests": 8,
+                                        "publish_interval_s": 0.5})
+    redis.start()
+    cleanup.callback(redis.stop)
+    redis.wait_ready(30)
+    records = [record_from_sample(s) for s in _samples(400)]
+    encoded = [(r.user_id.encode(), SAMPLES.encode(r)) for r in records]
+    store = redis_store(settings)
+    group = start_group(settings, tmp_path, 1, cleanup)
+    wait_for(store.current_version, 120, "the cold-start version", group)
+    redis.stop()
+    # Sent only once Redis is down, so every record is learned during the outage at any speed.
+    send_all(settings, "training_samples", encoded)
+    wait_for(lambda: group_counters(tmp_path)["records"] >= len(records), 180, "every record learned without Redis",
+             group)
+    assert all(worker.alive() for worker in group)
+    redis.start()
+    redis.wait_ready(30)
+    # A restarted Redis is empty: the next version is written whole, with every record in it.
+    wait_for(lambda: (store.meta(store.current_version() or 0) or {}).get("records_learned", 0) >= len(records), 120,
+             "a version after the outage", group)
+    assert all(worker.alive() for worker in group)
