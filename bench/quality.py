@@ -39,8 +39,9 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--teacher-batch-requests", type=int, default=256, help="requests per teacher update")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ranked-feedback-weight", type=float, default=1.0,
+                        help="mode ranked: weight of the feedback BCE (StudentObjective.feedback_loss_weight)")
+    parser.add_argument("--ranked-listwise-weight", type=float, default=1.0,
+                        help="mode ranked: weight of the listwise KL (StudentObjective.listwise_weight)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     return parser
@@ -90,7 +95,9 @@ def default_dates(dataset: Dataset, train_share: float = 0.35, eval_share: float
     return midnight(first + train_share * (last - first)), midnight(first + eval_share * (last - first))
 
 
-def student_arms(modes: Sequence[str], catalog: Sequence[ItemFeatures], quick: bool, seed: int) -> list[StudentArm]:
+def student_arms(modes: Sequence[str], catalog: Sequence[ItemFeatures], quick: bool, seed: int,
+                 ranked: Mapping[str, float] = MappingProxyType({})) -> list[StudentArm]:
+    """One arm per mode; ``ranked`` holds the ``ranked`` mode's loss weights (StudentObjective fields)."""
     from models.export import size_report
     from models.learner import StudentLearner
     from models.losses import StudentObjective
@@ -111,7 +118,8 @@ def student_arms(modes: Sequence[str], catalog: Sequence[ItemFeatures], quick: b
         }
 
     return [
-        StudentArm(f"student_{mode}", StudentLearner(config, objective=StudentObjective(mode=mode)), catalog,
+        StudentArm(f"student_{mode}", StudentLearner(config, objective=StudentObjective(
+            mode=mode, **(ranked if mode == "ranked" else {}))), catalog,
                    extra_report=export_report)
         for mode in modes
     ]  # fmt: skip
@@ -216,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
     )  # fmt: skip
     catalog = list(dataset.catalog.values())
-    arms = student_arms(modes, catalog, args.quick, args.seed)
+    arms = student_arms(modes, catalog, args.quick, args.seed, {
+        "feedback_loss_weight": args.ranked_feedback_weight, "listwise_weight": args.ranked_listwise_weight})
     if args.baselines:
         arms += baseline_arms(catalog)
     if args.peers:
