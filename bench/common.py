@@ -135,6 +135,22 @@ def delete_redis_keys(settings: Settings) -> None:
     client.close()
 
 
+def produce_training_samples(settings: Settings, encoded) -> None:
+    """Send ``(key, value)`` records to ``training-samples`` and wait until the broker has them all."""
+    from kafka import KafkaProducer
+
+    from streams import training_samples
+
+    producer = KafkaProducer(**kafka_python_options(settings.kafka), acks="all", linger_ms=20)
+    topic = settings.topics.name(training_samples.TOPIC.name)
+    try:
+        for key, value in encoded:
+            producer.send(topic, key=key, value=value)
+        producer.flush()
+    finally:
+        producer.close()
+
+
 class WorkerProcess(Worker):
     """A ``prerank worker`` child process (:class:`core.processes.Worker`) that benches check."""
 

@@ -38,8 +38,7 @@ from pathlib import Path
 import torch
 from prometheus_client import CollectorRegistry
 
-from bench.common import BenchError, emit, environment, private_stack, with_changes
-from core.kafka import kafka_python_options
+from bench.common import BenchError, emit, environment, private_stack, produce_training_samples, with_changes
 from core.settings import Settings, load_settings
 
 TARGET_OVERHEAD = 0.10
@@ -182,21 +181,6 @@ def run_kafka(settings: Settings, expected_samples: int, checkpoint_dir: Path, t
     return steps, (steps.ends[0] - started) if steps.ends else float("nan")
 
 
-def produce(settings: Settings, encoded) -> None:
-    from kafka import KafkaProducer
-
-    from streams import training_samples
-
-    producer = KafkaProducer(**kafka_python_options(settings.kafka), acks="all", linger_ms=20)
-    topic = settings.topics.name(training_samples.TOPIC.name)
-    try:
-        for key, value in encoded:
-            producer.send(topic, key=key, value=value)
-        producer.flush()
-    finally:
-        producer.close()
-
-
 def measure(settings: Settings, config: OverheadConfig, folder: Path) -> dict:
     from funnel.convert import record_from_sample
     from models.synthetic import SyntheticRequests
@@ -208,7 +192,7 @@ def measure(settings: Settings, config: OverheadConfig, folder: Path) -> dict:
     encoded = [(s.user.user_id.encode(), CODEC.encode(record_from_sample(s))) for s in samples]
     encoded_batches = [[value for _, value in encoded[i:i + size]] for i in range(0, len(encoded), size)]
     total_samples = sum(s.n_items for s in samples)
-    produce(settings, encoded)
+    produce_training_samples(settings, encoded)
     run_memory(settings, batches[:4])  # warm-up: torch's thread pool and allocator, discarded
     rates: dict[str, list[float]] = {arm: [] for arm in ARMS}
     kafka_steps: list[Steps] = []

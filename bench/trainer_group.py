@@ -28,7 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import emit, environment, private_stack, running_workers, wait_until, with_changes
+from bench.common import (
+    emit,
+    environment,
+    private_stack,
+    produce_training_samples,
+    running_workers,
+    wait_until,
+    with_changes,
+)
 from core.ports import free_port
 from core.settings import Settings, load_settings
 from funnel.metrics import auc, consistency_recall
@@ -109,7 +117,7 @@ def run_arm(base: Settings, config: GroupBenchConfig, world_size: int, records, 
 
     label = "single" if world_size == 1 else f"group{world_size}"
     with private_stack(base, label, checkpoint_interval_s=1.0, publish_interval_s=5.0) as settings:
-        _produce(settings, [(r.user_id.encode(), CODEC.encode(r)) for r in records])
+        produce_training_samples(settings, [(r.user_id.encode(), CODEC.encode(r)) for r in records])
         folder, port = settings.worker.checkpoint_dir, free_port()
         ranks = [with_changes(settings, worker={
             "trainer_world_size": world_size, "trainer_rank": rank, "trainer_master_port": port, "checkpoint_dir": root,
@@ -137,20 +145,6 @@ def _group_workers(ranks: list[Settings], folder: Path, specs):
         for settings, spec in zip(ranks, specs):
             workers.extend(stack.enter_context(running_workers(settings, folder, spec)))
         yield workers
-
-
-def _produce(settings: Settings, messages) -> None:
-    from kafka import KafkaProducer
-
-    from core.kafka import kafka_python_options
-    from streams.registry import TOPIC_MODULES
-
-    producer = KafkaProducer(**kafka_python_options(settings.kafka), linger_ms=20)
-    topic = settings.topics.name(TOPIC_MODULES["training_samples"].TOPIC.name)
-    for key, value in messages:
-        producer.send(topic, key=key, value=value)
-    producer.flush()
-    producer.close()
 
 
 def measure(settings: Settings, config: GroupBenchConfig) -> dict:

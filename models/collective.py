@@ -8,8 +8,8 @@ never read the environment or open sockets themselves.
 With ``world_size == 1`` every collective is the identity and needs no process group:
 
 >>> solo = Collective.solo()
->>> solo.exchange([b"to myself"]), solo.max_int(7), solo.sum_floats([1.0, 2.0])
-([b'to myself'], 7, [1.0, 2.0])
+>>> solo.exchange([b"to myself"]), solo.all_ints([7, 1])
+([b'to myself'], [[7, 1]])
 """
 
 from __future__ import annotations
@@ -92,29 +92,9 @@ class Collective:
             return _Done()
         return dist.all_reduce(tensor, group=self.background_group, async_op=True)
 
-    def max_int(self, value: int) -> int:
-        """The largest ``value`` over the group."""
-        if self.world_size == 1:
-            return value
-        tensor = torch.tensor([value], dtype=torch.int64)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.group)
-        return int(tensor.item())
-
-    def sum_floats(self, values: Sequence[float]) -> list[float]:
-        """Element-wise sums over the group (float64)."""
-        if self.world_size == 1:
-            return list(values)
-        tensor = torch.tensor(list(values), dtype=torch.float64)
-        dist.all_reduce(tensor, group=self.group)
-        return tensor.tolist()
-
-    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum ``tensor`` over the group in place; returns it."""
-        if self.world_size > 1:
-            dist.all_reduce(tensor, group=self.group)
-        return tensor
-
 
 class _Done:
+    """What :meth:`Collective.sum_in_background` returns alone: nothing to wait for."""
+
     def wait(self) -> None:
         return None

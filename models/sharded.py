@@ -243,12 +243,9 @@ def shard_bytes(tables: dict[str, EmbeddingTable]) -> bytes:
 def assemble(template: dict[str, EmbeddingTable], shards: Sequence[bytes]) -> dict[str, EmbeddingTable]:
     """One set of tables from every rank's :func:`shard_bytes` (ids are disjoint across ranks; the
     fallback row is the ranks' mean). ``template`` gives each table's ``dim`` and ``ttl``."""
-    loaded = []
-    for blob in shards:
-        header = json.loads(blob[8:8 + int.from_bytes(blob[:8], "little")])["__metadata__"]
-        if header.get("format") != SHARD_FORMAT:
-            raise ValueError(f"not a student shard: {header.get('format')!r}")
-        loaded.append((safetensors.torch.load(blob), json.loads(header["ids"])))
+    from models.learner import _read_metadata
+
+    loaded = [(safetensors.torch.load(blob), json.loads(_read_metadata(blob, SHARD_FORMAT)["ids"])) for blob in shards]
     tables = {}
     for name, like in template.items():
         fallback = torch.stack([weights[name][0] for weights, _ in loaded]).mean(dim=0, keepdim=True)

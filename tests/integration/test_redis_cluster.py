@@ -84,16 +84,6 @@ def repl_offset(node) -> int:
     return int(info.get("master_repl_offset" if info["role"].strip() == "master" else "slave_repl_offset", "-1"))
 
 
-def wait(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-
-
 def kill_current_primary(store, nodes):
     """SIGKILL the primary of ``current``'s slot once its replica holds everything written;
     returns (primary, replica)."""
@@ -102,7 +92,7 @@ def kill_current_primary(store, nodes):
     table = node_table(primary)
     replica = next(node for node in nodes if table[node.port]["primary"] == table[primary_port]["id"])
     written = repl_offset(primary)
-    wait(lambda: repl_offset(replica) >= written, 30, "the replica to catch up")
+    wait_for(lambda: repl_offset(replica) >= written, 30, "the replica to catch up")
     os.kill(primary.pid(), signal.SIGKILL)
     return primary, replica
 
@@ -185,7 +175,7 @@ def test_publish_and_serve_through_a_primary_failover(cluster):
     assert any(REDIS_DOWN in r.degraded for r in during)
 
     survivors = [node for node in nodes if node is not primary]
-    wait(lambda: all(n.info().get("cluster_state") == "ok" for n in survivors), 30, "the cluster to be ok again")
+    wait_for(lambda: all(n.info().get("cluster_state") == "ok" for n in survivors), 30, "the cluster to be ok again")
     assert store.current_version() == 1  # the failed publish never flipped it, and it survived the failover
     version = publisher.publish(learner, samples_learned=3).version
     assert version == 3 and store.current_version() == 3
