@@ -132,14 +132,39 @@ class TopicReader:
         return fresh
 
     def until(self, done: Callable[[list], bool], timeout_s: float, workers_: Iterable = ()) -> list:
-        """Poll until ``done(messages)`` or the timeout; returns every message read."""
+        """Poll until ``done(messages)``; returns every message read, raises at the deadline."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not done(self.messages):
+        while not done(self.messages):
             for worker in workers_:
                 if not worker.alive():
                     raise AssertionError(f"worker {worker.pid} died:\n{worker.log_tail()}")
+            if time.monotonic() >= deadline:
+                tails = "".join(f"\n--- worker {w.pid}:\n{w.log_tail()}" for w in workers_)
+                raise AssertionError(f"timed out after {timeout_s:.0f}s with {len(self.messages)} messages read"
+                                     f"{tails}")
             self.poll()
         return self.messages
+
+    def read_for(self, timeout_s: float, done: Callable[[list], bool] = lambda got: False) -> list:
+        """Poll for ``timeout_s`` or until ``done(messages)``; returns every message read, never raises."""
+        deadline = time.monotonic() + timeout_s
+        while not done(self.messages) and time.monotonic() < deadline:
+            self.poll()
+        return self.messages
+
+    def read_to_end(self, timeout_s: float = 60.0) -> list:
+        """Every message up to the topic's end offsets as of now (no transactions write these topics)."""
+        deadline = time.monotonic() + timeout_s
+        ends = None
+        while True:
+            self.poll()
+            assigned = self.consumer.assignment()
+            if assigned and ends is None:
+                ends = self.consumer.end_offsets(list(assigned))
+            if ends and all(self.consumer.position(tp) >= end for tp, end in ends.items()):
+                return self.messages
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"timed out after {timeout_s:.0f}s reading to the end offsets {ends}")
 
     def close(self) -> None:
         self.consumer.close()

@@ -83,12 +83,14 @@ class Serving:
     def _read(self, key: str, codec, timeout_s: float, done, what: str | None) -> list:
         """Every record of a topic read so far, once ``done(records)`` (raises after ``timeout_s``
         naming ``what``; with ``what=None``, reads for ``timeout_s`` and returns what came)."""
-        messages = self.readers[key].until(lambda got: done([codec.decode(m.value) for m in got]), timeout_s,
-                                           [self.worker])
-        records = [codec.decode(m.value) for m in messages]
-        if what is not None and not done(records):
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        return records
+        reader = self.readers[key]
+        decoded_done = lambda got: done([codec.decode(m.value) for m in got])  # noqa: E731
+        try:
+            messages = (reader.until(decoded_done, timeout_s, [self.worker]) if what is not None
+                        else reader.read_for(timeout_s, decoded_done))
+        except AssertionError as timed_out:
+            raise AssertionError(f"waiting for {what}: {timed_out}") from None
+        return [codec.decode(m.value) for m in messages]
 
     def letters(self, timeout_s: float, done=lambda got: False, what: str | None = None) -> list:
         return self._read("dead_letters", dead_letters.CODEC, timeout_s, done, what)

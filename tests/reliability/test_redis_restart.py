@@ -40,7 +40,7 @@ REPUBLISH_WAIT_S = 15.0
 OUTAGE_S = 5.0
 
 
-def _answers(reader: TopicReader, ids: set[str], workers, timeout_s: float = 60.0) -> dict:
+def _answers(reader: TopicReader, ids: set[str], workers, timeout_s: float = 120.0) -> dict:
     """The responses to ``ids`` (request id -> response), waiting until all arrived."""
     reader.until(lambda got: ids <= set(response_ids(got)), timeout_s, workers)
     responses = (score_responses.CODEC.decode(m.value) for m in reader.messages)
@@ -76,6 +76,10 @@ def outage(base_settings, tmp_path_factory):
             sender.flush()
             return _answers(reader, ids, workers)
 
+        # the serving worker is up once its scorer holds a model: ask only then, so the "before"
+        # answers come from that model, not from a scorer still starting
+        wait_for(lambda: _scorer_version(settings) >= seen["version_before"], 120, "the scorer's first model",
+                 workers)
         seen["before"] = ask("before", 5)
         redis.stop()
         down_at = time.monotonic()
@@ -99,8 +103,7 @@ def outage(base_settings, tmp_path_factory):
         seen["republished_s"] = time.monotonic() - new_data_at
         # the scorer switches on its next version check (every 0.5 s, the version read whole first):
         # ask once it holds the newest one
-        wait_for(lambda: metric_sum(scrape(settings.worker.metrics_port), "prerank_model_version",
-                                    agent="scorer") == store.current_version(), 60, "the scorer on the new version",
+        wait_for(lambda: _scorer_version(settings) == store.current_version(), 60, "the scorer on the new version",
                  workers)
         seen["version_after"] = store.current_version()
         seen["after"] = ask("after", 5)
@@ -117,6 +120,14 @@ def outage(base_settings, tmp_path_factory):
         sender.close()
         redis.stop()
     return seen
+
+
+def _scorer_version(settings) -> float:
+    """The model version the serving worker's scorer holds (0 while its metrics are not up yet)."""
+    try:
+        return metric_sum(scrape(settings.worker.metrics_port), "prerank_model_version", agent="scorer")
+    except OSError:
+        return 0.0
 
 
 def _first_clean_answer(ask, since: float) -> float:
