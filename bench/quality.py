@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mode ranked: weight of the feedback BCE (StudentObjective.feedback_loss_weight)")
     parser.add_argument("--ranked-listwise-weight", type=float, default=1.0,
                         help="mode ranked: weight of the listwise KL (StudentObjective.listwise_weight)")
+    parser.add_argument("--user-bias", action=argparse.BooleanOptionalAction, default=False,
+                        help="students with a per-user logit offset (TwoTowerConfig.user_bias)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     return parser
@@ -96,17 +98,18 @@ def default_dates(dataset: Dataset, train_share: float = 0.35, eval_share: float
 
 
 def student_arms(modes: Sequence[str], catalog: Sequence[ItemFeatures], quick: bool, seed: int,
-                 ranked: Mapping[str, float] = MappingProxyType({})) -> list[StudentArm]:
-    """One arm per mode; ``ranked`` holds the ``ranked`` mode's loss weights (StudentObjective fields)."""
+                 ranked: Mapping[str, float] = MappingProxyType({}), user_bias: bool = False) -> list[StudentArm]:
+    """One arm per mode; ``ranked`` holds the ``ranked`` mode's loss weights (StudentObjective fields),
+    ``user_bias`` gives every student a per-user offset (TwoTowerConfig.user_bias)."""
     from models.export import size_report
     from models.learner import StudentLearner
     from models.losses import StudentObjective
     from models.two_tower import TwoTowerConfig
 
     config = (
-        TwoTowerConfig(embedding_dim=16, hidden_sizes=(64, 64), output_dim=64, seed=seed)
+        TwoTowerConfig(embedding_dim=16, hidden_sizes=(64, 64), output_dim=64, user_bias=user_bias, seed=seed)
         if quick
-        else TwoTowerConfig(seed=seed)
+        else TwoTowerConfig(user_bias=user_bias, seed=seed)
     )
 
     def export_report(learner) -> dict[str, float]:
@@ -225,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     catalog = list(dataset.catalog.values())
     arms = student_arms(modes, catalog, args.quick, args.seed, {
-        "feedback_loss_weight": args.ranked_feedback_weight, "listwise_weight": args.ranked_listwise_weight})
+        "feedback_loss_weight": args.ranked_feedback_weight, "listwise_weight": args.ranked_listwise_weight},
+        user_bias=args.user_bias)
     if args.baselines:
         arms += baseline_arms(catalog)
     if args.peers:

@@ -336,7 +336,7 @@ class Scorer:
         if serving is None:
             problems = [problem or "no model version published yet" for problem in problems]
         valid = [i for i, problem in enumerate(problems) if problem is None]
-        vectors = serving.model.user_vectors([users[i] for i in valid]) if valid else None
+        vectors, offsets = serving.model.user_vectors_and_offsets([users[i] for i in valid]) if valid else (None, None)
         towers_done = time.perf_counter()
         self.stage_s["user_tower"] += towers_done - started
         responses = [
@@ -345,16 +345,16 @@ class Scorer:
             for request, problem in zip(requests, problems)
         ]
         for row, i in enumerate(valid):
-            responses[i] = self._answer(serving, requests[i], vectors[row], started)
+            responses[i] = self._answer(serving, requests[i], vectors[row], float(offsets[row]), started)
         return responses
 
-    def _answer(self, serving: ServingVersion, request: ScoreRequest, user_vector: np.ndarray,
+    def _answer(self, serving: ServingVersion, request: ScoreRequest, user_vector: np.ndarray, user_offset: float,
                 started: float) -> ScoreResponse:
         clock = time.perf_counter()
         candidates = request.candidates
         vectors, tiers, unknown = self._item_vectors(serving, candidates)
         clock = self._lap("item_vectors", clock)
-        logits = np.asarray(serving.model.logits_from_vectors(user_vector, vectors), dtype=np.float32)
+        logits = np.asarray(serving.model.logits_from_vectors(user_vector, vectors, user_offset), dtype=np.float32)
         best = top_k(logits, request.k)
         clock = self._lap("product_top_k", clock)
         top = best.tolist()

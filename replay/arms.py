@@ -82,7 +82,8 @@ class StudentArm(_Timed):
             self._vectors = self.learner.served.item_vectors(self._catalog)
             self.refreshes += 1
         served = self.learner.served
-        logits = served.logits_from_vectors(served.user_vector(user), self._vectors[indices])
+        (vector,), (offset,) = served.user_vectors_and_offsets([user])
+        logits = served.logits_from_vectors(vector, self._vectors[indices], float(offset))
         self.score_s += time.perf_counter() - start
         self.requests_scored += 1
         return logits
