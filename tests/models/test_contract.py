@@ -21,9 +21,10 @@ from models.teacher import TeacherConfig, TeacherLearner
 from models.two_tower import TwoTowerConfig
 
 
-def _student(mode: str, min_count: int = 1):
+def _student(mode: str, min_count: int = 1, user_bias: bool = False):
     return lambda: StudentLearner(
-        TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=8, min_count=min_count), StudentObjective(mode)
+        TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=8, min_count=min_count, user_bias=user_bias),
+        StudentObjective(mode),
     )
 
 
@@ -32,6 +33,7 @@ FACTORIES = {
     "student-distill": _student("distill", min_count=2),
     "student-impressions": _student("impressions"),
     "student-ranked": _student("ranked"),
+    "student-ranked+user-bias": _student("ranked", user_bias=True),
     "teacher-wide-deep": lambda: TeacherLearner(TeacherConfig("wide_deep", embedding_dim=4, hidden_sizes=(8,))),
     "teacher-mmoe": lambda: TeacherLearner(TeacherConfig("mmoe", embedding_dim=4, expert_sizes=(8, 4), tower_hidden=4)),
     "global-ctr": GlobalCTR,
@@ -40,7 +42,7 @@ FACTORIES = {
 }
 
 
-assert {name.removeprefix("student-") for name in FACTORIES if name.startswith("student-")} == set(LOSS_MODES)
+assert {name.removeprefix("student-").split("+")[0] for name in FACTORIES if name.startswith("student-")} == set(LOSS_MODES)
 
 
 @pytest.fixture(params=sorted(FACTORIES))
@@ -203,7 +205,8 @@ def test_the_served_model_scores_like_the_learner(student_factory):
             expected = model.score(probe_user, items)
             np.testing.assert_array_equal(served.score(probe_user, items), expected)
             vectors = served.item_vectors(items)
-            np.testing.assert_array_equal(served.logits_from_vectors(served.user_vector(probe_user), vectors), expected)
+            (user_vector,), (offset,) = served.user_vectors_and_offsets([probe_user])
+            np.testing.assert_array_equal(served.logits_from_vectors(user_vector, vectors, offset), expected)
     frozen = published.score(user, items)
     model.learn_many(batches[3])
     np.testing.assert_array_equal(model.served.score(user, items), model.score(user, items))

@@ -142,3 +142,33 @@ def test_numpy_user_vector_equals_the_torch_tower():
         expected = student.encode_users(users, SparseLookup(student.tables, 0, learn=False)).numpy()
     got = np.stack([ServedStudent(student).user_vector(user) for user in users])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_user_offset_moves_every_item_of_a_request_alike_and_is_learned():
+    from models.learner import StudentLearner
+    from models.losses import StudentObjective
+    from models.synthetic import SyntheticRequests
+
+    config = TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=6, min_count=1, user_bias=True)
+    learner = StudentLearner(config, StudentObjective("impressions"))
+    plain = StudentLearner(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=6, min_count=1),
+                           StudentObjective("impressions"))
+    generator = SyntheticRequests(seed=1, n_users=20, n_items=60, items_per_request=6)
+    users = [generator.user(u) for u in range(5)]
+    np.testing.assert_array_equal(learner.served.user_offsets(users), np.zeros(5, dtype=np.float32))  # starts at zero
+    for _ in range(20):
+        batch = generator.batch(8)
+        learner.learn_many(batch)
+        plain.learn_many(batch)
+    offsets = learner.served.user_offsets(users)
+    assert offsets.dtype == np.float32 and np.ptp(offsets) > 0  # learned, and not one constant
+    np.testing.assert_array_equal(plain.served.user_offsets(users), np.zeros(5, dtype=np.float32))
+    # the offset is the whole difference between a user's logits with and without it
+    served, items = learner.served, [generator.item(i) for i in range(10)]
+    (vector,), (offset,) = served.user_vectors_and_offsets([users[0]])
+    without = served.logits_from_vectors(vector, served.item_vectors(items))
+    np.testing.assert_allclose(served.score(users[0], items) - without, offset, atol=1e-5)
+    # the training forward agrees with the served path
+    with torch.no_grad():
+        forward = learner.student([users[0]], items, torch.zeros(10, dtype=torch.int64), torch.arange(10))
+    np.testing.assert_allclose(forward.numpy(), served.score(users[0], items), rtol=1e-5, atol=1e-5)
