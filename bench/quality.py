@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mode ranked: weight of the feedback BCE (StudentObjective.feedback_loss_weight)")
     parser.add_argument("--ranked-listwise-weight", type=float, default=1.0,
                         help="mode ranked: weight of the listwise KL (StudentObjective.listwise_weight)")
+    parser.add_argument("--l1", default=None,
+                        help="FTRL l1 of the students' rows, comma-separated for a sweep: one arm per mode and "
+                             "l1, named student_<mode>_l1=<l1> (default: FTRLConfig's)")
     parser.add_argument("--user-bias", action=argparse.BooleanOptionalAction, default=False,
                         help="students with a per-user logit offset (TwoTowerConfig.user_bias)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
@@ -98,10 +101,13 @@ def default_dates(dataset: Dataset, train_share: float = 0.35, eval_share: float
 
 
 def student_arms(modes: Sequence[str], catalog: Sequence[ItemFeatures], quick: bool, seed: int,
-                 ranked: Mapping[str, float] = MappingProxyType({}), user_bias: bool = False) -> list[StudentArm]:
-    """One arm per mode; ``ranked`` holds the ``ranked`` mode's loss weights (StudentObjective fields),
-    ``user_bias`` gives every student a per-user offset (TwoTowerConfig.user_bias)."""
+                 ranked: Mapping[str, float] = MappingProxyType({}), user_bias: bool = False,
+                 l1_values: Sequence[float] = ()) -> list[StudentArm]:
+    """One arm per mode (per mode and l1 with ``l1_values``); ``ranked`` holds the ``ranked`` mode's
+    loss weights (StudentObjective fields), ``user_bias`` gives every student a per-user offset
+    (TwoTowerConfig.user_bias)."""
     from models.export import size_report
+    from models.ftrl import FTRLConfig
     from models.learner import StudentLearner
     from models.losses import StudentObjective
     from models.two_tower import TwoTowerConfig
@@ -118,13 +124,16 @@ def student_arms(modes: Sequence[str], catalog: Sequence[ItemFeatures], quick: b
             "export_size_reduction": report["reduction"],
             "export_bytes_unpruned": report["bytes_before"],
             "export_bytes_pruned": report["bytes_after"],
+            "export_embedding_share": report["embedding_share"],
+            "ftrl_l1": learner.optimizer.ftrl.config.l1,
         }
 
+    sweep = [(f"_l1={l1:g}", FTRLConfig(l1=l1)) for l1 in l1_values] or [("", FTRLConfig())]
     return [
-        StudentArm(f"student_{mode}", StudentLearner(config, objective=StudentObjective(
-            mode=mode, **(ranked if mode == "ranked" else {}))), catalog,
+        StudentArm(f"student_{mode}{suffix}", StudentLearner(config, objective=StudentObjective(
+            mode=mode, **(ranked if mode == "ranked" else {})), ftrl=ftrl), catalog,
                    extra_report=export_report)
-        for mode in modes
+        for mode in modes for suffix, ftrl in sweep
     ]  # fmt: skip
 
 
@@ -179,6 +188,7 @@ def comparisons(arms: dict, teacher: dict) -> dict[str, float]:
             ranked.get("consistency_recall_at_100", 0.0) >= RANKED_RECALL_TARGET
             and ranked.get("auc_long_view", 0.0) >= teacher["auc_long_view"] - RANKED_AUC_GAP
         )
+    out.update(l1_knees(arms))
     peers = {name: arms[name]["auc_long_view"] for name in PEERS if "auc_long_view" in arms.get(name, {})}
     if peers:
         best = max(peers, key=peers.get)
@@ -189,6 +199,37 @@ def comparisons(arms: dict, teacher: dict) -> dict[str, float]:
         for name, arm in arms.items():
             if name.startswith("student_") and "auc_long_view" in arm:
                 out[f"{name}_minus_best_peer_auc_long_view"] = arm["auc_long_view"] - peers[best]
+    return out
+
+
+L1_KNEE_AUC_LOSS = 0.005  # issue 15: the default l1 is the largest that loses at most this much AUC
+
+
+def l1_knees(arms: Mapping[str, dict]) -> dict[str, float]:
+    """Per mode of an l1 sweep (arms ``student_<mode>_l1=<l1>``): each l1's long-view AUC loss
+    against the sweep's smallest l1, and the knee: the largest l1 losing at most 0.005.
+
+    >>> arms = {f"student_impressions_l1={l1}": {"auc_long_view": auc, "zero_row_ratio": z}
+    ...         for l1, auc, z in ((0, 0.74, 0.0), (0.2, 0.737, 0.55), (0.5, 0.72, 0.7))}
+    >>> knees = l1_knees(arms)
+    >>> knees["impressions_l1_knee"], knees["impressions_l1_knee_zero_row_ratio"]
+    (0.2, 0.55)
+    """
+    by_mode: dict[str, list[tuple[float, dict]]] = {}
+    for name, arm in arms.items():
+        if name.startswith("student_") and "_l1=" in name and "auc_long_view" in arm:
+            mode, l1 = name.removeprefix("student_").split("_l1=")
+            by_mode.setdefault(mode, []).append((float(l1), arm))
+    out: dict[str, float] = {}
+    for mode, sweep in by_mode.items():
+        sweep.sort(key=lambda pair: pair[0])
+        reference = sweep[0][1]["auc_long_view"]
+        for l1, arm in sweep:
+            out[f"{mode}_l1={l1:g}_auc_loss"] = reference - arm["auc_long_view"]
+        within = [(l1, arm) for l1, arm in sweep if reference - arm["auc_long_view"] <= L1_KNEE_AUC_LOSS]
+        knee, arm = within[-1]
+        out[f"{mode}_l1_knee"] = knee
+        out[f"{mode}_l1_knee_zero_row_ratio"] = arm.get("zero_row_ratio", math.nan)
     return out
 
 
@@ -229,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     catalog = list(dataset.catalog.values())
     arms = student_arms(modes, catalog, args.quick, args.seed, {
         "feedback_loss_weight": args.ranked_feedback_weight, "listwise_weight": args.ranked_listwise_weight},
-        user_bias=args.user_bias)
+        user_bias=args.user_bias, l1_values=[float(x) for x in args.l1.split(",")] if args.l1 else ())
     if args.baselines:
         arms += baseline_arms(catalog)
     if args.peers:

@@ -187,10 +187,13 @@ def size_report(model: Any) -> dict[str, float]:
     """Export sizes without and with pruning of all-zero rows (:func:`export_size`: nothing serialised).
 
     Keys: ``bytes_before``, ``bytes_after``, ``reduction`` (1 - after / before), ``rows_before``,
-    ``rows_after`` (admitted embedding rows written) and ``zero_row_ratio``.
+    ``rows_after`` (admitted embedding rows written), ``zero_row_ratio`` and ``embedding_share``
+    (the share of the unpruned export that is not dense weights: rows and their ids, what pruning
+    can cut).
     """
     student = _student_of(model)
     before, after = export_size(student, prune=False), export_size(student, prune=True)
+    dense_bytes = sum(p.numel() * p.element_size() for p in student.parameters())
     rows_before = sum(len(t.id_map) for t in student.tables.values())
     zeros = sum(int(t.zero_rows_mask()[1].sum()) for t in student.tables.values())
     return {
@@ -200,4 +203,5 @@ def size_report(model: Any) -> dict[str, float]:
         "rows_before": float(rows_before),
         "rows_after": float(rows_before - zeros),
         "zero_row_ratio": student.zero_row_ratio(),
+        "embedding_share": 1.0 - dense_bytes / before,
     }

@@ -50,3 +50,24 @@ def test_parser_and_bad_modes():
     args = build_parser().parse_args(["--modes", "cascade", "--candidates", "300", "--quick"])
     assert args.modes == "cascade" and args.candidates == 300 and args.quick and args.data is None
     assert main(["--modes", "cascade,bogus"]) == 2
+
+
+def test_an_l1_sweep_makes_one_arm_per_mode_and_l1_with_its_ftrl():
+    from bench.quality import student_arms
+    from models.features import ItemFeatures
+
+    arms = student_arms(["impressions", "ranked"], [ItemFeatures("i1")], quick=True, seed=0, l1_values=[0.0, 0.25])
+    names = [arm.name for arm in arms]
+    assert names == ["student_impressions_l1=0", "student_impressions_l1=0.25", "student_ranked_l1=0",
+                     "student_ranked_l1=0.25"]
+    assert [arm.learner.optimizer.ftrl.config.l1 for arm in arms] == [0.0, 0.25, 0.0, 0.25]
+    (plain,) = student_arms(["impressions"], [ItemFeatures("i1")], quick=True, seed=0, user_bias=True)
+    assert plain.name == "student_impressions" and plain.learner.config.user_bias
+
+
+def test_the_l1_knee_is_the_largest_l1_within_the_auc_loss():
+    arms = {f"student_impressions_l1={l1}": {"auc_long_view": auc, "zero_row_ratio": zeros}
+            for l1, auc, zeros in ((0.5, 0.70, 0.8), (0, 0.74, 0.0), (0.1, 0.736, 0.4), (0.2, 0.7351, 0.6))}
+    out = comparisons(arms, {"auc_long_view": 0.75})
+    assert out["impressions_l1_knee"] == 0.2 and out["impressions_l1_knee_zero_row_ratio"] == 0.6
+    assert out["impressions_l1=0.5_auc_loss"] == pytest.approx(0.04)
