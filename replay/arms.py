@@ -29,6 +29,11 @@ class Arm(Protocol):
 
     def learn(self, samples: Sequence[RequestSample]) -> None: ...
 
+    def learn_logged(self, samples: Sequence[RequestSample]) -> None:
+        """Learn logged exposures of requests the arm did not serve (the pre-fit period, users
+        outside the sample): feedback only, no cascade labels."""
+        ...
+
     def report(self) -> dict[str, float | int]: ...
 
 
@@ -39,12 +44,14 @@ class _Timed:
         self.score_s = 0.0
         self.learn_s = 0.0
         self.samples_learned = 0
+        self.logged_samples_learned = 0
         self.requests_scored = 0
 
     def timing(self) -> dict[str, float | int]:
         return {
             "requests_scored": self.requests_scored,
             "samples_learned": self.samples_learned,
+            "logged_samples_learned": self.logged_samples_learned,
             "score_ms_per_request": 1e3 * self.score_s / max(1, self.requests_scored),
             "learn_ms_per_sample": 1e3 * self.learn_s / max(1, self.samples_learned),
         }
@@ -89,13 +96,31 @@ class StudentArm(_Timed):
         return logits
 
     def learn(self, samples: Sequence[RequestSample]) -> None:
+        self._learn(samples)
+        self.samples_learned += len(samples)
+
+    def _learn(self, samples: Sequence[RequestSample]) -> None:
         start = time.perf_counter()
         self.learner.learn_many(samples)
         self._steps += 1
         if self._steps % self._refresh_every == 0:
             self._vectors = None
         self.learn_s += time.perf_counter() - start
-        self.samples_learned += len(samples)
+
+    def learn_logged(self, samples: Sequence[RequestSample]) -> None:
+        """Logged exposures learned with the ``impressions`` objective (cascade labels need the
+        arm to have served the request), as :mod:`replay.warm_start` does before a stream. The
+        learner's own objective and step come back after, so a distillation lambda grows with
+        the funnel's steps only."""
+        from models.losses import StudentObjective
+
+        objective, step = self.learner.objective, self.learner.step
+        self.learner.objective = StudentObjective(mode="impressions", feedback_weights=objective.feedback_weights)
+        try:
+            self._learn(samples)
+        finally:
+            self.learner.objective, self.learner.step = objective, step
+        self.logged_samples_learned += len(samples)
 
     def report(self) -> dict[str, float | int]:
         out = self.timing()
@@ -123,10 +148,17 @@ class RankerArm(_Timed):
         return logits
 
     def learn(self, samples: Sequence[RequestSample]) -> None:
+        self._learn(samples)
+        self.samples_learned += len(samples)
+
+    def learn_logged(self, samples: Sequence[RequestSample]) -> None:
+        self._learn(samples)  # the baselines learn feedback only anyway
+        self.logged_samples_learned += len(samples)
+
+    def _learn(self, samples: Sequence[RequestSample]) -> None:
         start = time.perf_counter()
         self.ranker.learn_many(samples)
         self.learn_s += time.perf_counter() - start
-        self.samples_learned += len(samples)
 
     def report(self) -> dict[str, float | int]:
         return self.timing()

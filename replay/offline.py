@@ -16,6 +16,12 @@ Replay in event-time order, request by request (pages from :mod:`replay.grouping
 History and popularity see every request (sampled users or not) after it is processed, so a
 snapshot never contains its own request's behaviour.
 
+With ``warm_start`` (the default) every other arm learns those requests too, through
+:meth:`~replay.arms.Arm.learn_logged`: the logged exposures of the pre-fit period and of the users
+outside the sample, feedback only (no cascade labels without having served the request), in
+batches of ``batch_requests``. So the students start the replay from the days the fine ranker and
+the peers learned, as a production pre-ranker batch-trained before it goes online would.
+
 An arm with ``learns_from_log = True`` (the peers of :mod:`replay.peers`) is a log learner: it
 learns the teacher's sample of every request, pre-fit and unsampled users included, right after the
 request (and after its scores when replayed), so it learns every logged exposure from the log's
@@ -94,6 +100,7 @@ class OfflineConfig:
     candidates: CandidateConfig = CandidateConfig()
     history: HistoryConfig = HistoryConfig()
     teacher_weights: Mapping[str, float] = field(default_factory=lambda: dict(TEACHER_WEIGHTS))
+    warm_start: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -134,6 +141,7 @@ class OfflineFunnel:
         self.consistency = {arm.name: ConsistencyLog(config.labels.top_n, config.consistency_ks) for arm in self.arms}
         self.hit_rate = {arm.name: HitRateLog("long_view", config.rank_k) for arm in self.arms}
         self._arm_batches: dict[str, list[RequestSample]] = {arm.name: [] for arm in self.arms}
+        self._logged_batches: dict[str, list[RequestSample]] = {arm.name: [] for arm in self._funnel_arms}
         self._teacher_batch: list[RequestSample] = []
         self._candidate_build_s: list[float] = []
         self._teacher_score_s = 0.0
@@ -148,6 +156,11 @@ class OfflineFunnel:
             if batch and (force or len(batch) >= self.config.batch_requests):
                 arm.learn(batch)
                 self._arm_batches[arm.name] = []
+        for arm in self._funnel_arms:
+            batch = self._logged_batches[arm.name]
+            if batch and (force or len(batch) >= self.config.batch_requests):
+                arm.learn_logged(batch)
+                self._logged_batches[arm.name] = []
         if self._teacher_batch and (force or len(self._teacher_batch) >= self.config.teacher_batch_requests):
             start = time.perf_counter()
             self.teacher.learn_many(self._teacher_batch)
@@ -159,6 +172,9 @@ class OfflineFunnel:
         """A request outside the funnel (pre-fit period or unsampled user): the teacher learns it."""
         sample = self.state.logged_sample(request, self.state.snapshot(request))
         self._teacher_batch.append(sample)
+        if self.config.warm_start:
+            for arm in self._funnel_arms:
+                self._logged_batches[arm.name].append(sample)
         self._learn()
         for arm in self._log_learners:
             arm.learn([sample])

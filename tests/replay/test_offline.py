@@ -88,7 +88,8 @@ def test_funnel_scores_before_learning_and_measures_consistency(dataset):
     oracle = RankerArm("oracle", RecordingRanker(1.0, journal_oracle), catalog)
     reverse = RankerArm("reverse", RecordingRanker(-1.0, []), catalog)
     teacher = FakeTeacher()
-    report = OfflineFunnel(dataset, [oracle, reverse], teacher, make_config(dataset)).run()
+    # without the warm start, an arm learns the replayed requests only: their order can be checked
+    report = OfflineFunnel(dataset, [oracle, reverse], teacher, make_config(dataset, warm_start=False)).run()
     json.dumps(report)  # the report is JSON-able
 
     arms = report["arms"]
@@ -196,7 +197,7 @@ def test_config_validation(dataset):
 
 def test_cascade_positives_are_the_teachers_best_of_what_the_arm_let_through(dataset):
     ranker = RecordingRanker(-1.0, [])
-    config = make_config(dataset, max_requests=100)
+    config = make_config(dataset, max_requests=100, warm_start=False)  # funnel samples only
     OfflineFunnel(dataset, [RankerArm("reverse", ranker, list(dataset.catalog.values()))], FakeTeacher(), config).run()
     assert ranker.samples
     for sample in ranker.samples:
@@ -240,3 +241,34 @@ def test_tied_scores_do_not_favour_exposed_items(dataset):
     # top-30 of 250 shuffled candidates holds a long-viewed exposed item about 30/250 of the time
     assert report["arms"]["constant"]["hit_rate_long_view_at_30"] < 0.3
     assert report["arms"]["constant"]["auc_click"] == 0.5
+
+
+def test_the_warm_start_teaches_the_arms_every_request_they_did_not_serve(dataset):
+    """Pre-fit requests and unsampled users' requests reach every funnel arm as logged exposures
+    (a student learns them with the impressions objective, its own objective and step back after);
+    the replayed ones as funnel samples: every request once."""
+    from models.learner import StudentLearner
+    from models.losses import StudentObjective
+    from models.two_tower import TwoTowerConfig
+
+    journal: list = []
+    ranker = RankerArm("oracle", RecordingRanker(1.0, journal), list(dataset.catalog.values()))
+    learner = StudentLearner(TwoTowerConfig(embedding_dim=4, hidden_sizes=(8,), output_dim=8, min_count=1),
+                             objective=StudentObjective(mode="distill"))
+    modes_seen = []
+    original = learner.learn_many
+    learner.learn_many = lambda samples: (modes_seen.append(learner.objective.mode), original(samples))[1]
+    student = StudentArm("student", learner, list(dataset.catalog.values()))
+    config = make_config(dataset, max_requests=150)
+    report = OfflineFunnel(dataset, [ranker, student], FakeTeacher(), config).run()
+    sampling, arms = report["sampling"], report["arms"]
+    not_served = sampling["prefit_requests"] + sampling["skipped_users_requests"]
+    assert sampling["skipped_users_requests"] > 0 and sampling["prefit_requests"] > 0
+    for name in ("oracle", "student"):
+        assert arms[name]["logged_samples_learned"] == not_served
+        assert arms[name]["samples_learned"] == sampling["replay_requests"]
+    learned = [entry[1] for entry in journal if entry[0] == "learn"]
+    assert len(learned) == len(set(learned)) == sampling["requests_total"]
+    assert set(modes_seen) == {"impressions", "distill"} and learner.objective.mode == "distill"
+    funnel_steps = -(-sampling["replay_requests"] // config.batch_requests)  # ceil: the last batch is flushed
+    assert learner.step <= funnel_steps  # logged learning does not advance the distillation schedule
