@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--l1", default=None,
                         help="FTRL l1 of the students' rows, comma-separated for a sweep: one arm per mode and "
                              "l1, named student_<mode>_l1=<l1> (default: FTRLConfig's)")
+    parser.add_argument("--head", choices=("cosine", "interaction"), default="cosine",
+                        help="the students' head: the cosine or a shallow interaction network (TwoTowerConfig.head)")
     parser.add_argument("--user-bias", action=argparse.BooleanOptionalAction, default=False,
                         help="students with a per-user logit offset (TwoTowerConfig.user_bias)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
@@ -102,10 +104,10 @@ def default_dates(dataset: Dataset, train_share: float = 0.35, eval_share: float
 
 def student_arms(modes: Sequence[str], catalog: Sequence[ItemFeatures], quick: bool, seed: int,
                  ranked: Mapping[str, float] = MappingProxyType({}), user_bias: bool = False,
-                 l1_values: Sequence[float] = ()) -> list[StudentArm]:
+                 l1_values: Sequence[float] = (), head: str = "cosine") -> list[StudentArm]:
     """One arm per mode (per mode and l1 with ``l1_values``); ``ranked`` holds the ``ranked`` mode's
     loss weights (StudentObjective fields), ``user_bias`` gives every student a per-user offset
-    (TwoTowerConfig.user_bias)."""
+    (TwoTowerConfig.user_bias), ``head`` is TwoTowerConfig.head."""
     from models.export import size_report
     from models.ftrl import FTRLConfig
     from models.learner import StudentLearner
@@ -113,9 +115,10 @@ def student_arms(modes: Sequence[str], catalog: Sequence[ItemFeatures], quick: b
     from models.two_tower import TwoTowerConfig
 
     config = (
-        TwoTowerConfig(embedding_dim=16, hidden_sizes=(64, 64), output_dim=64, user_bias=user_bias, seed=seed)
+        TwoTowerConfig(embedding_dim=16, hidden_sizes=(64, 64), output_dim=64, user_bias=user_bias, head=head,
+                       seed=seed)
         if quick
-        else TwoTowerConfig(user_bias=user_bias, seed=seed)
+        else TwoTowerConfig(user_bias=user_bias, head=head, seed=seed)
     )
 
     def export_report(learner) -> dict[str, float]:
@@ -270,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     catalog = list(dataset.catalog.values())
     arms = student_arms(modes, catalog, args.quick, args.seed, {
         "feedback_loss_weight": args.ranked_feedback_weight, "listwise_weight": args.ranked_listwise_weight},
-        user_bias=args.user_bias, l1_values=[float(x) for x in args.l1.split(",")] if args.l1 else ())
+        user_bias=args.user_bias, l1_values=[float(x) for x in args.l1.split(",")] if args.l1 else (),
+        head=args.head)
     if args.baselines:
         arms += baseline_arms(catalog)
     if args.peers:

@@ -22,6 +22,7 @@ p99, the switches seen and how long a version took to load.
 
     python -m bench.score --json score.json          # or: prerank bench score --json PATH
     python -m bench.score --redis-cluster --json score-redis-cluster.json   # the same on a Redis Cluster
+    python -m bench.score --compare-heads --json score-heads.json   # the cosine and the interaction head
 """
 
 from __future__ import annotations
@@ -235,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-requests", type=int, default=defaults.naive_requests)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one request is one row: 1 is best)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--compare-heads", action="store_true",
+                        help="measure the interaction head too, in the same run (interaction_head, *_over_cosine)")
     parser.add_argument("--redis-cluster", action="store_true",
                         help="against the local Redis Cluster (`prerank stack up --redis-cluster`)")
     args = parser.parse_args(argv)
@@ -254,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         result = measure(settings, config)
+        if args.compare_heads:
+            interaction = measure(with_changes(settings, model={"head": "interaction"}), config)
+            result["interaction_head"] = {key: interaction[key] for key in (
+                "p50_ms", "p99_ms", "p50_ms_with_switches", "p99_ms_with_switches", "naive_p99_ms", "speedup")}
+            result["interaction_over_cosine_p50"] = interaction["p50_ms"] / result["p50_ms"]
+            result["interaction_over_cosine_p99"] = interaction["p99_ms"] / result["p99_ms"]
     finally:
         delete_redis_keys(settings)
     emit({"bench": "score", "redis": redis_topology(settings), **result, "wall_s": time.monotonic() - started, "config": asdict(config),

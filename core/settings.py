@@ -112,6 +112,7 @@ class ModelSettings(BaseModel):
     min_count: int = Field(default=1, ge=1)
     ftrl_l1: float = Field(default=0.5, ge=0.0)  # FTRL's l1 on embedding rows: higher, more all-zero rows
     user_bias: bool = False  # a per-user logit offset (TwoTowerConfig.user_bias): same rank, calibrated across users
+    head: Literal["cosine", "interaction"] = "cosine"  # the towers' meeting point (models.interaction)
     seed: int = 0
 
 

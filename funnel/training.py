@@ -26,7 +26,8 @@ def new_learner(settings: Settings) -> StudentLearner:
     model = settings.model
     config = TwoTowerConfig(
         embedding_dim=model.embedding_dim, hidden_sizes=(model.hidden_dim, model.hidden_dim),
-        output_dim=model.output_dim, min_count=model.min_count, user_bias=model.user_bias, seed=model.seed,
+        output_dim=model.output_dim, min_count=model.min_count, user_bias=model.user_bias, head=model.head,
+        seed=model.seed,
     )
     return StudentLearner(config, objective=StudentObjective(mode=model.mode), ftrl=FTRLConfig(l1=model.ftrl_l1))
 

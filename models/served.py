@@ -139,7 +139,8 @@ class ServedStudent:
 
     def logits_from_vectors(self, user_vector: np.ndarray, item_vectors: np.ndarray,
                             user_offset: float = 0.0) -> np.ndarray:
-        """``temperature * item_vectors @ user_vector + bias + user_offset``: float32 shape ``(n,)``.
+        """``temperature * item_vectors @ user_vector + bias + user_offset``: float32 shape ``(n,)``
+        (with an interaction head, its logit in place of the scaled cosine).
 
         ``user_vector`` is ``(output_dim,)``, ``item_vectors`` ``(n, output_dim)``, ``user_offset``
         the user's own offset (:meth:`user_offsets`; it moves every item alike). The product
@@ -151,6 +152,10 @@ class ServedStudent:
         user = torch.from_numpy(np.ascontiguousarray(user_vector, dtype=np.float32))
         if items.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
+        head = self.student.interaction
+        if head is not None:
+            with torch.no_grad():
+                return (head.score_items(user, items) + (bias + float(user_offset))).numpy()
         return (torch.mv(items, user) * temperature + (bias + float(user_offset))).numpy()
 
     def scalars(self) -> tuple[float, float]:

@@ -6,7 +6,9 @@ layers (ReLU between) to an ``output_dim`` vector, L2-normalised. The logit of a
 pair is ``temperature * cos(u, v) + bias``, plus, with ``user_bias=True``, the user's own offset:
 one linear unit over the user tower's input. It is the same for every item of a request, so it
 never changes an item's rank there; it carries how likely this user is to click or watch at
-all, which the bounded cosine cannot, and so lifts an AUC taken across users.
+all, which the bounded cosine cannot, and so lifts an AUC taken across users. With
+``head="interaction"`` a shallow network over ``u``, ``v`` and ``u * v`` replaces the cosine
+(:mod:`models.interaction`); the towers and the vectors a cache holds stay the same.
 
 :class:`TwoTowerStudent` is the trainable ``nn.Module``: :meth:`TwoTowerStudent.forward` maps
 requests' users and their items to pair logits, and a learner back-propagates through it. It holds
@@ -41,6 +43,7 @@ from models.embedding import EmbeddingTable, zero_row_ratio
 from models.exceptions import ConfigError
 from models.features import ItemFeatures, UserFeatures
 from models.id_map import DynamicIdMap
+from models.interaction import InteractionHead
 from models.sparse import SparseLookup
 from models.tokens import (
     ITEM_SLOT_TABLES,
@@ -51,6 +54,7 @@ from models.tokens import (
 )
 
 DAY_MS = 86_400_000
+HEADS = ("cosine", "interaction")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class TwoTowerConfig:
     capacity: int | None = 2_000_000
     init_temperature: float = 5.0
     user_bias: bool = False
+    head: str = "cosine"  # or "interaction" (models.interaction)
+    head_hidden: int = 32
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -76,6 +82,10 @@ class TwoTowerConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if any(size < 1 for size in self.hidden_sizes):
             raise ConfigError(f"hidden sizes must be >= 1, got {self.hidden_sizes}")
+        if self.head not in HEADS:
+            raise ConfigError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.head_hidden < 1:
+            raise ConfigError(f"head_hidden must be >= 1, got {self.head_hidden}")
         if self.init_temperature <= 0:
             raise ConfigError(f"init_temperature must be > 0, got {self.init_temperature}")
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
@@ -132,6 +142,8 @@ class TwoTowerStudent(nn.Module):
             if self.user_offset is not None:
                 nn.init.zeros_(self.user_offset.weight)
                 nn.init.zeros_(self.user_offset.bias)
+            self.interaction = (InteractionHead(config.output_dim, config.head_hidden)
+                                if config.head == "interaction" else None)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(config.init_temperature)))
         self.bias = nn.Parameter(torch.zeros(()))
 
@@ -175,7 +187,10 @@ class TwoTowerStudent(nn.Module):
         return _unit_tower(self.item_tower, lookup.pool_slots(list(item_slots(items).values())))
 
     def pair_logits(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
-        """Row-wise ``temperature * <u, v> + bias`` for aligned ``(n, d)`` inputs: shape ``(n,)``."""
+        """Row-wise ``temperature * <u, v> + bias`` (or the interaction head's logit, plus
+        ``bias``) for aligned ``(n, d)`` inputs: shape ``(n,)``."""
+        if self.interaction is not None:
+            return self.interaction(user_vectors, item_vectors) + self.bias
         return self.log_temperature.exp() * (user_vectors * item_vectors).sum(dim=1) + self.bias
 
     def zero_row_ratio(self) -> float:

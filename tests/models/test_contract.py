@@ -21,9 +21,10 @@ from models.teacher import TeacherConfig, TeacherLearner
 from models.two_tower import TwoTowerConfig
 
 
-def _student(mode: str, min_count: int = 1, user_bias: bool = False):
+def _student(mode: str, min_count: int = 1, user_bias: bool = False, head: str = "cosine"):
     return lambda: StudentLearner(
-        TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=8, min_count=min_count, user_bias=user_bias),
+        TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=8, min_count=min_count, user_bias=user_bias,
+                       head=head),
         StudentObjective(mode),
     )
 
@@ -34,6 +35,7 @@ FACTORIES = {
     "student-impressions": _student("impressions"),
     "student-ranked": _student("ranked"),
     "student-ranked+user-bias": _student("ranked", user_bias=True),
+    "student-impressions+interaction": _student("impressions", head="interaction"),
     "teacher-wide-deep": lambda: TeacherLearner(TeacherConfig("wide_deep", embedding_dim=4, hidden_sizes=(8,))),
     "teacher-mmoe": lambda: TeacherLearner(TeacherConfig("mmoe", embedding_dim=4, expert_sizes=(8, 4), tower_hidden=4)),
     "global-ctr": GlobalCTR,

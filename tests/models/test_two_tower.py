@@ -172,3 +172,36 @@ def test_the_user_offset_moves_every_item_of_a_request_alike_and_is_learned():
     with torch.no_grad():
         forward = learner.student([users[0]], items, torch.zeros(10, dtype=torch.int64), torch.arange(10))
     np.testing.assert_allclose(forward.numpy(), served.score(users[0], items), rtol=1e-5, atol=1e-5)
+
+
+def test_the_interaction_head_scores_like_its_training_forward_and_learns():
+    from models.export import export_bytes
+    from models.learner import StudentLearner
+    from models.losses import StudentObjective
+    from models.synthetic import SyntheticRequests
+
+    config = TwoTowerConfig(embedding_dim=4, hidden_sizes=(8, 8), output_dim=6, min_count=1, head="interaction",
+                            head_hidden=5)
+    learner = StudentLearner(config, StudentObjective("impressions"))
+    generator = SyntheticRequests(seed=2, n_users=20, n_items=60, items_per_request=6)
+    user, items = generator.user(0), [generator.item(i) for i in range(10)]
+    before = learner.served.score(user, items)
+    head_before = [p.detach().clone() for p in learner.student.interaction.parameters()]
+    for _ in range(10):
+        learner.learn_many(generator.batch(8))
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, learner.student.interaction.parameters()))
+    served = learner.served.score(user, items)
+    assert not np.allclose(before, served)
+    with torch.no_grad():
+        forward = learner.student([user], items, torch.zeros(10, dtype=torch.int64), torch.arange(10))
+    np.testing.assert_allclose(forward.numpy(), served, rtol=1e-5, atol=1e-5)
+    published = ServedStudent.from_bytes(export_bytes(learner, prune=False))
+    assert published.config.head == "interaction"
+    np.testing.assert_array_equal(published.score(user, items), served)
+
+
+def test_an_unknown_head_is_refused():
+    from models.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match="head"):
+        TwoTowerConfig(head="dot")
