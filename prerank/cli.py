@@ -101,7 +101,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     try:
         report = run_replay(
             settings, data, args.mode or ["cascade"], args.eval_from, args.report_dir, until=args.until,
-            train_until=args.train_until, baselines=args.baselines, max_requests=args.max_requests,
+            train_until=args.train_until, baselines=args.baselines, peers=args.peers, max_requests=args.max_requests,
             n_candidates=args.candidates, progress=console, speed=args.speed, resume=args.resume,
             l1_sweep=_floats(args.l1_sweep), l1_sweep_requests=args.l1_sweep_requests,
             warm_start=not args.cold_start, inflight=args.inflight,
@@ -237,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-from", default=None, help="metrics cover events at or after this date (default: the last two days)")
     p.add_argument("--mode", action="append", choices=("cascade", "distill", "impressions", "ranked"))
     p.add_argument("--baselines", action="store_true", help="also evaluate global CTR, LR-FTRL and an online tree")
+    p.add_argument("--peers", action="store_true",
+                   help="also evaluate Vowpal Wabbit and river LR-FTRL on the same requests (replay/peers.py)")
     sampled = p.add_mutually_exclusive_group()
     sampled.add_argument("--max-requests", type=int, default=3000, help="user-sampled requests streamed per mode")
     sampled.add_argument("--all-users", dest="max_requests", action="store_const", const=None,

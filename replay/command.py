@@ -2,9 +2,11 @@
 
 For each ``--mode`` the replay gets fresh topics, a fresh Redis key prefix and its own workers
 (serving: history, joiner, scorer; the fine ranker; trainer + publisher with that loss mode), so
-modes never share state. ``--baselines`` adds the article's older pre-rankers, evaluated on the
-same requests in process (they are not part of the streaming system). The report holds, per mode
-and baseline, the metrics computed over events at or after ``--eval-from``.
+modes never share state. ``--baselines`` adds the article's older pre-rankers and ``--peers``
+Vowpal Wabbit and river LR-FTRL, evaluated on the same requests and candidates in process (they
+are not part of the streaming system); they learn the pre-period's logged exposures first, as the
+fine ranker and the student's warm start do, then every streamed request. The report holds, per
+mode, baseline and peer, the metrics computed over events at or after ``--eval-from``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from core.redis import RedisUnavailable, redis_client
 from core.settings import Settings
 from funnel.store import ModelStore, open_store
 from replay.candidates import CandidateConfig
+from replay.evaluator import BASELINE_BATCH_REQUESTS
 from replay.exceptions import ReplayInterrupted
 from replay.load import load_dataset
 from replay.offline import local_date_ms
@@ -183,12 +186,14 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
     ms = mode_settings(settings, mode, run_id, work, replay_join_window_s(streamed, config.inflight))
     create_topics(kafka_python_options(ms.kafka), ms.topics)
     state = ReplayState(dataset, config)
-    for request in prefit:  # the same warm state the teacher was fitted with, without refitting
-        state.after(request)
     mode_dir = work / mode  # its replay checkpoint and worker logs (the workers' own state: ms.worker)
+    resuming = (mode_dir / "eval.json").exists()
+    # The riders learn the pre-period's logged exposures, as the fine ranker did and the student's
+    # warm start does (a resumed run restores what they learned).
+    learn_prefit(state, prefit, baselines if baselines and not resuming else {})
     replay = StreamingReplay(ms, state, teacher, progress=lambda p: progress({"mode": mode, **p}),
                              baselines=baselines)
-    if (mode_dir / "eval.json").exists():
+    if resuming:
         by_id = {r.request_id: r for r in streamed}
         completed = replay.restore(mode_dir)
         for request_id in completed:  # histories and popularity as they were when it stopped
@@ -264,15 +269,37 @@ def default_dates(dataset, eval_days: int = 2) -> tuple[int, int]:
     return eval_from - DAY_MS, eval_from
 
 
-def new_baselines() -> dict:
+def new_baselines(dataset=None, baselines: bool = True, peers: bool = False) -> dict:
+    """The riders of a replay's first mode: the article's baselines and / or the peers (Vowpal
+    Wabbit, river LR-FTRL over ``dataset``'s catalog, :func:`replay.peers.new_peers`)."""
     from models.baselines import GlobalCTR, LogisticFTRL, OnlineTree
 
-    return {"global_ctr": GlobalCTR(), "logistic_ftrl": LogisticFTRL(), "online_tree": OnlineTree()}
+    riders = {"global_ctr": GlobalCTR(), "logistic_ftrl": LogisticFTRL(), "online_tree": OnlineTree()} if baselines else {}
+    if peers:
+        from replay.peers import new_peers
+
+        riders.update(new_peers(list(dataset.catalog.values())))
+    return riders
+
+
+def learn_prefit(state: ReplayState, prefit, riders: dict, batch: int = BASELINE_BATCH_REQUESTS) -> None:
+    """Walk the pre-period (histories and popularity warm up); ``riders`` learn its logged samples."""
+    pending = []
+    for request in prefit:
+        if riders:
+            pending.append(state.logged_sample(request, state.snapshot(request)))
+        state.after(request)
+        if len(pending) >= batch:
+            for rider in riders.values():
+                rider.learn_many(pending)
+            pending = []
+    for rider in riders.values() if pending else ():
+        rider.learn_many(pending)
 
 
 def run_replay(
     settings: Settings, data: Path | None, modes: list[str], eval_from: str | None, report_dir: Path,
-    until: str | None = None, train_until: str | None = None, baselines: bool = False,
+    until: str | None = None, train_until: str | None = None, baselines: bool = False, peers: bool = False,
     max_requests: int | None = 3000, n_candidates: int = 1000, progress=print, on_mode_started=None,
     speed: float | None = None, on_mode_finished=None, resume: bool = False,
     l1_sweep: tuple[float, ...] = (), l1_sweep_requests: int = 20_000, warm_start: bool = True,
@@ -299,7 +326,7 @@ def run_replay(
     else:
         run = RunProgress(report_dir / f"run-{uuid.uuid4().hex[:6]}", params={
             "data": str(data) if data else None, "modes": list(modes), "eval_from": eval_from, "until": until,
-            "train_until": train_until, "baselines": baselines, "max_requests": max_requests,
+            "train_until": train_until, "baselines": baselines, "peers": peers, "max_requests": max_requests,
             "candidates": n_candidates, "speed": speed, "l1_sweep": list(l1_sweep),
             "l1_sweep_requests": l1_sweep_requests, "warm_start": warm_start, "inflight": inflight,
         })
@@ -335,7 +362,8 @@ def run_replay(
         run.save()
     for mode in run.pending_modes():
         # Baselines ride along the first mode's replay: same requests, same candidates.
-        riders = new_baselines() if params["baselines"] and mode == params["modes"][0] else None
+        wanted = params["baselines"], params.get("peers", False)  # older runs: no peers
+        riders = (new_baselines(dataset, *wanted) if any(wanted) and mode == params["modes"][0] else None)
         run.finished[mode], from_baselines = run_mode(settings, mode, dataset, config, teacher, prefit, streamed,
                                                       work, run.run_id, progress, riders, on_mode_started,
                                                       on_mode_finished, student)

@@ -191,7 +191,10 @@ class Evaluator:
         self.teacher_hits = HitRateLog.from_state(state["teacher_hits"])
         for name, baseline in list(self.baselines.items()):
             logs = state["baselines"][name]
-            self.baselines[name] = type(baseline).load(directory / f"baseline-{name}.json")
+            path = directory / f"baseline-{name}.json"
+            # a peer needs the catalog it scores over, which its file does not hold: it reloads itself
+            reloaded = getattr(baseline, "reloaded", None)
+            self.baselines[name] = reloaded(path) if reloaded is not None else type(baseline).load(path)
             self.baseline_feedback[name] = FeedbackLog.from_state(logs["feedback"])
             self.baseline_consistency[name] = ConsistencyLog.from_state(logs["consistency"])
             self.baseline_hits[name] = HitRateLog.from_state(logs["hits"])

@@ -33,10 +33,15 @@ learn), the same events the fine ranker learns, instead of the funnel's cascade 
 
 from __future__ import annotations
 
+import base64
+import json
 import math
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
 
 import numpy as np
 
@@ -120,6 +125,14 @@ class _PeerArm(_Timed):
     def _learn_one(self, user: UserFeatures, item: ItemFeatures, y: int) -> None:
         raise NotImplementedError
 
+    def _counts(self) -> dict[str, int]:
+        return {"exposures_learned": self.exposures_learned, "positives_learned": self.positives_learned,
+                "samples_learned": self.samples_learned}
+
+    def _set_counts(self, counts: Mapping[str, int]) -> None:
+        self.exposures_learned, self.positives_learned = counts["exposures_learned"], counts["positives_learned"]
+        self.samples_learned = counts["samples_learned"]
+
     def report(self) -> dict[str, float | int | str]:
         out: dict[str, float | int | str] = self.timing()
         out.update(label=self.label, exposures_learned=self.exposures_learned,
@@ -158,6 +171,7 @@ class VowpalWabbitArm(_PeerArm):
             f"--loss_function logistic -b {bits} -l {learning_rate} {interactions} "
             f"--random_seed {seed} --quiet {extra_args}"
         ).strip()
+        self.learning_rate = learning_rate
         self.vw = vowpalwabbit.Workspace(self.args, enable_logging=False)
         self._lib = pyvw.pylibvw.vw
         self._item_text = [" " + features.vw_text(features.item_tokens(item)) for item in self._catalog]
@@ -191,6 +205,33 @@ class VowpalWabbitArm(_PeerArm):
 
     def report(self) -> dict[str, float | int | str]:
         return {**super().report(), "vw_args": self.args, "vw_version": self.version}
+
+    def save(self, path: str | PathLike[str]) -> None:
+        """One JSON file: VW's own model (base64; it keeps the adaptive state, so learning goes on
+        as if never saved) and what rebuilds the arm. One file, so a caller can replace it atomically."""
+        with tempfile.TemporaryDirectory() as folder:
+            self.vw.save(f"{folder}/model.vw")
+            model = base64.b64encode(Path(f"{folder}/model.vw").read_bytes()).decode()
+        Path(path).write_text(json.dumps({
+            "kind": "vowpal_wabbit", "name": self.name, "label": self.label, "n_history": self.features.n_history,
+            "learning_rate": self.learning_rate, "counts": self._counts(), "model": model,
+        }))
+
+    def reloaded(self, path: str | PathLike[str]) -> VowpalWabbitArm:
+        """A copy of this arm (same catalog) holding what :meth:`save` wrote to ``path``."""
+        state = _read_state(path, "vowpal_wabbit")
+        arm = VowpalWabbitArm(self._catalog, name=state["name"], label=state["label"],
+                              features=PeerFeatures(state["n_history"]), learning_rate=state["learning_rate"])
+        arm.vw.finish()
+        import vowpalwabbit
+
+        with tempfile.TemporaryDirectory() as folder:
+            Path(f"{folder}/model.vw").write_bytes(base64.b64decode(state["model"]))
+            # the model holds the bits and interactions; the loss and the learning rate are not kept in it
+            arm.vw = vowpalwabbit.Workspace(
+                f"-i {folder}/model.vw --loss_function logistic -l {state['learning_rate']} --quiet", enable_logging=False)
+        arm._set_counts(state["counts"])
+        return arm
 
     def close(self) -> None:
         self.vw.finish()
@@ -332,14 +373,53 @@ class RiverFTRLArm(_PeerArm):
         self.model.learn_one(x, bool(y))
         weights = self.model._weights  # river's weights: read back the keys this step touched
         for key in x:
-            value = weights.get(key, 0.0)
-            if key >> 32:
-                row = self._rows.get((key >> 32) - 1)
-                if row is None:
-                    row = self._rows[(key >> 32) - 1] = _CrossRow()
-                row.set(key & 0xFFFFFFFF, value)
-            else:
-                self._single[key] = value
+            self._keep_weight(key, weights.get(key, 0.0))
+
+    def _keep_weight(self, key: int, value: float) -> None:
+        """The scoring arrays' copy of river's weight of ``key``."""
+        if key >> 32:
+            row = self._rows.get((key >> 32) - 1)
+            if row is None:
+                row = self._rows[(key >> 32) - 1] = _CrossRow()
+            row.set(key & 0xFFFFFFFF, value)
+        else:
+            self._single[key] = value
+
+    def save(self, path: str | PathLike[str]) -> None:
+        """river's weights and FTRL state (``z``, ``n``), the intercept and the feature codes, as JSON."""
+        optimizer = self.model.optimizer
+        Path(path).write_text(json.dumps({
+            "kind": "river_lr_ftrl", "name": self.name, "label": self.label, "n_history": self.features.n_history,
+            "hyper": self.hyper, "check_every": self.check_every, "counts": self._counts(),
+            "codes": list(self._codes), "intercept": self.model.intercept,
+            "weights": list(dict(self.model._weights).items()), "z": list(optimizer.z.items()),
+            "n": list(optimizer.n.items()), "n_iterations": optimizer.n_iterations,
+        }))
+
+    def reloaded(self, path: str | PathLike[str]) -> RiverFTRLArm:
+        """A copy of this arm (same catalog) holding what :meth:`save` wrote to ``path``."""
+        from collections import defaultdict
+
+        from river import utils
+
+        state = _read_state(path, "river_lr_ftrl")
+        arm = RiverFTRLArm(self._catalog, name=state["name"], label=state["label"],
+                           features=PeerFeatures(state["n_history"]), check_every=state["check_every"], **state["hyper"])
+        for token in state["codes"]:  # the catalog's codes come first in both, in catalog order
+            arm._code(token)
+        if list(arm._codes) != state["codes"]:
+            raise ValueError(f"{path}: its feature codes do not match this catalog")
+        weights = {int(key): float(value) for key, value in state["weights"]}
+        arm.model._weights = utils.VectorDict(weights)
+        arm.model.intercept = float(state["intercept"])
+        optimizer = arm.model.optimizer
+        optimizer.z = defaultdict(float, {int(k): float(v) for k, v in state["z"]})
+        optimizer.n = defaultdict(float, {int(k): float(v) for k, v in state["n"]})
+        optimizer.n_iterations = int(state["n_iterations"])
+        for key, value in weights.items():
+            arm._keep_weight(key, value)
+        arm._set_counts(state["counts"])
+        return arm
 
     def report(self) -> dict[str, float | int | str]:
         out = super().report()
@@ -352,3 +432,57 @@ class RiverFTRLArm(_PeerArm):
             river_weights=sum(len(row.slot) for row in self._rows.values()) + int(np.count_nonzero(self._single)),
         )
         return out
+
+
+def _read_state(path: str | PathLike[str], kind: str) -> dict:
+    try:
+        state = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a peer's state file ({error})") from error
+    if state.get("kind") != kind:
+        raise ValueError(f"{path}: expected a {kind!r} peer, got {state.get('kind')!r}")
+    return state
+
+
+class PeerRanker:
+    """A peer behind the :class:`~models.protocol.Ranker` calls the streaming replay's evaluator
+    makes (``score(user, items)``, ``learn_many``, ``save``), over the dataset's catalog; the
+    evaluator restores it with :meth:`reloaded` (the catalog is not in the file).
+
+    >>> from models.features import ItemFeatures, UserFeatures
+    >>> catalog = [ItemFeatures("i1"), ItemFeatures("i2")]
+    >>> peer = PeerRanker(RiverFTRLArm(catalog, check_every=0), catalog)
+    >>> peer.score(UserFeatures("u"), catalog[::-1]).shape
+    (2,)
+    """
+
+    def __init__(self, arm: _PeerArm, catalog: Sequence[ItemFeatures]) -> None:
+        self.arm = arm
+        self._catalog = tuple(catalog)
+        self._index = {item.item_id: k for k, item in enumerate(self._catalog)}
+
+    def score(self, user: UserFeatures, items: Sequence[ItemFeatures]) -> np.ndarray:
+        try:
+            indices = np.fromiter((self._index[item.item_id] for item in items), dtype=np.int64, count=len(items))
+        except KeyError as missing:
+            raise ValueError(f"item {missing} is not in the peer's catalog") from None
+        return np.asarray(self.arm.score(user, indices), dtype=np.float32)
+
+    def learn_many(self, samples: Sequence[RequestSample]) -> dict[str, float]:
+        self.arm.learn(samples)
+        return {"loss": math.nan}
+
+    def save(self, path: str | PathLike[str]) -> None:
+        self.arm.save(path)
+
+    def reloaded(self, path: str | PathLike[str]) -> PeerRanker:
+        return PeerRanker(self.arm.reloaded(path), self._catalog)
+
+    def report(self) -> dict[str, float | int | str]:
+        return self.arm.report()
+
+
+def new_peers(catalog: Sequence[ItemFeatures], seed: int = 0) -> dict[str, PeerRanker]:
+    """Vowpal Wabbit and river LR-FTRL as the replay's evaluator runs them, configured as in bench quality."""
+    return {"vowpal_wabbit": PeerRanker(VowpalWabbitArm(catalog, seed=seed), catalog),
+            "river_lr_ftrl": PeerRanker(RiverFTRLArm(catalog), catalog)}

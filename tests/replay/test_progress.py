@@ -104,3 +104,34 @@ def test_replayed_requests_are_the_same_in_every_run(dataset):
     first = [r.request_id for r in replay_requests(dataset, config)[1]]
     again = [r.request_id for r in replay_requests(dataset, config)[1]]
     assert first == again and len(first) > 0  # resume relies on ids being stable across runs
+
+
+def test_a_checkpoint_restores_the_peers_exactly(dataset, tmp_path):
+    """Vowpal Wabbit and river LR-FTRL ride a replay like the baselines: a resumed replay scores
+    with what they had learned, and keeps learning as if it had never stopped."""
+    import numpy as np
+
+    from replay.command import learn_prefit, new_baselines
+
+    config = StreamConfig(train_until_ms=0, eval_from_ms=0)
+    middle, last = dataset.exposures[len(dataset.exposures) // 2].ts_ms, dataset.exposures[-1].ts_ms
+    prefit, streamed, _ = replay_requests(dataset, StreamConfig(train_until_ms=middle, eval_from_ms=last))
+    state = ReplayState(dataset, config)
+    peers = new_baselines(dataset, baselines=False, peers=True)
+    assert set(peers) == {"vowpal_wabbit", "river_lr_ftrl"}
+    learn_prefit(state, prefit, peers)
+    assert all(peer.arm.exposures_learned > 0 for peer in peers.values())
+    replay = filled_replay(dataset, baselines=peers)
+    replay.save(tmp_path)
+    fresh = StreamingReplay(Settings(), replay.state, teacher=None,
+                            baselines=new_baselines(dataset, baselines=False, peers=True))
+    fresh.restore(tmp_path)
+    user, items = state.snapshot(streamed[0]), list(dataset.catalog.values())[:50]
+    later = [state.logged_sample(r, state.snapshot(r)) for r in streamed[:40]]
+    for name, peer in peers.items():
+        restored = fresh.evaluator.baselines[name]
+        np.testing.assert_array_equal(restored.score(user, items), peer.score(user, items))
+        assert restored.arm.exposures_learned == peer.arm.exposures_learned
+        restored.learn_many(later)
+        peer.learn_many(later)
+        np.testing.assert_array_equal(restored.score(user, items), peer.score(user, items))
