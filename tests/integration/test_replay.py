@@ -22,10 +22,10 @@ def test_short_replay_through_the_agents_writes_a_report(stack_settings, tmp_pat
     worker = stack_settings.worker.model_copy(update={"publish_interval_s": 0.5})
     stack_settings = stack_settings.model_copy(update={"worker": worker})
     with pytest.warns(UserWarning, match="(?i)synthetic"):
-        report = run_replay(stack_settings, None, ["cascade"], None, tmp_path, baselines=True,
+        report = run_replay(stack_settings, None, ["cascade"], None, tmp_path, baselines=True, peers=True,
                             max_requests=80, n_candidates=200, progress=lambda _: None,
                             l1_sweep=(0.0, 3.0), l1_sweep_requests=400)
-    assert set(report) == {"cascade", "global_ctr", "logistic_ftrl", "online_tree"}
+    assert set(report) == {"cascade", "global_ctr", "logistic_ftrl", "online_tree", "vowpal_wabbit", "river_lr_ftrl"}
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert set(on_disk) == set(report)
     cascade = on_disk["cascade"]
@@ -70,8 +70,9 @@ def test_short_replay_through_the_agents_writes_a_report(stack_settings, tmp_pat
     # FTRL's l1 (0.5) leaves admitted rows all-zero on this short stream, the pruned export drops them,
     # and a student that ranks better than chance has non-zero rows
     assert 0.0 < cascade["zero_row_ratio"] < 1.0 and cascade["export_size_reduction"] > 0.0
-    for name in ("global_ctr", "logistic_ftrl", "online_tree"):
+    for name in ("global_ctr", "logistic_ftrl", "online_tree", "vowpal_wabbit", "river_lr_ftrl"):
         assert on_disk[name]["requests"] == cascade["requests"]  # same requests, side by side
+        assert math.isfinite(on_disk[name]["auc_long_view"]) and on_disk[name]["consistency_requests"] > 0
     table = write_report(tmp_path)
     assert table.splitlines()[0].split(" | ")[1:-1] == list(COLUMNS[:-1])
     assert (tmp_path / "report.md").exists() and (tmp_path / "quality.png").stat().st_size > 0
