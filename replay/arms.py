@@ -53,7 +53,7 @@ class _Timed:
             "samples_learned": self.samples_learned,
             "logged_samples_learned": self.logged_samples_learned,
             "score_ms_per_request": 1e3 * self.score_s / max(1, self.requests_scored),
-            "learn_ms_per_sample": 1e3 * self.learn_s / max(1, self.samples_learned),
+            "learn_ms_per_sample": 1e3 * self.learn_s / max(1, self.samples_learned + self.logged_samples_learned),
         }
 
 
