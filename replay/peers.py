@@ -478,9 +478,6 @@ class PeerRanker:
     def reloaded(self, path: str | PathLike[str]) -> PeerRanker:
         return PeerRanker(self.arm.reloaded(path), self._catalog)
 
-    def report(self) -> dict[str, float | int | str]:
-        return self.arm.report()
-
 
 def new_peers(catalog: Sequence[ItemFeatures], seed: int = 0) -> dict[str, PeerRanker]:
     """Vowpal Wabbit and river LR-FTRL as the replay's evaluator runs them, configured as in bench quality."""
