@@ -62,6 +62,15 @@ class ClusterNode(Redis):
         lines = (line.split(":", 1) for line in self.cli("cluster", "info").splitlines() if ":" in line)
         return {key: value.strip() for key, value in lines}
 
+    def topology(self) -> dict[int, dict[str, str]]:
+        """``CLUSTER NODES`` as this node sees it: by port, each node's ``id``, ``flags`` and
+        ``primary`` (the id of the primary a replica follows, ``-`` for a primary)."""
+        table = {}
+        for line in self.cli("cluster", "nodes").splitlines():
+            node_id, address, flags, primary = line.split()[:4]
+            table[int(address.split("@")[0].rsplit(":", 1)[1])] = {"id": node_id, "flags": flags, "primary": primary}
+        return table
+
     def role(self) -> str:
         """``master`` or ``slave``, as this node reports itself."""
         return self.cli("role").split()[0]
@@ -76,12 +85,21 @@ def cluster_nodes(settings: Settings, ports: list[tuple[int, int]] | None = None
 
 
 def formed(nodes: list[ClusterNode]) -> bool:
-    """Every node answers and sees the whole cluster (state ok, all nodes known)."""
+    """Every node answers and sees the whole cluster: state ok, all nodes known, and every
+    primary followed by its replicas (gossip spreads the replicas after the slots are ok)."""
     try:
         infos = [node.info() for node in nodes]
+        if not all(i.get("cluster_state") == "ok" and i.get("cluster_known_nodes") == str(len(nodes)) for i in infos):
+            return False
+        return all(_replicated(node.topology()) for node in nodes)
     except (ServiceStartError, subprocess.TimeoutExpired):
         return False
-    return all(i.get("cluster_state") == "ok" and i.get("cluster_known_nodes") == str(len(nodes)) for i in infos)
+
+
+def _replicated(topology: dict[int, dict[str, str]]) -> bool:
+    primaries = {row["id"] for row in topology.values() if "master" in row["flags"]}
+    followed = [row["primary"] for row in topology.values() if "slave" in row["flags"]]
+    return all(followed.count(primary) == REPLICAS for primary in primaries)
 
 
 def cluster_up(nodes: list[ClusterNode], timeout_s: float) -> float:

@@ -70,15 +70,6 @@ def cluster(base_settings, tmp_path):
         cluster_down(nodes)
 
 
-def node_table(node) -> dict[str, dict]:
-    """``CLUSTER NODES`` as seen by ``node``: by port, each node's id, flags and primary's id."""
-    table = {}
-    for line in node.cli("cluster", "nodes").splitlines():
-        node_id, address, flags, primary = line.split()[:4]
-        table[int(address.split("@")[0].rsplit(":", 1)[1])] = {"id": node_id, "flags": flags, "primary": primary}
-    return table
-
-
 def repl_offset(node) -> int:
     info = dict(line.split(":", 1) for line in node.cli("info", "replication").splitlines() if ":" in line)
     return int(info.get("master_repl_offset" if info["role"].strip() == "master" else "slave_repl_offset", "-1"))
@@ -89,7 +80,7 @@ def kill_current_primary(store, nodes):
     returns (primary, replica)."""
     primary_port = store.client.get_node_from_key(store.key("current")).port
     primary = next(node for node in nodes if node.port == primary_port)
-    table = node_table(primary)
+    table = primary.topology()
     replica = next(node for node in nodes if table[node.port]["primary"] == table[primary_port]["id"])
     written = repl_offset(primary)
     wait_for(lambda: repl_offset(replica) >= written, 30, "the replica to catch up")
