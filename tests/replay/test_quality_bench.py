@@ -44,6 +44,8 @@ def test_the_ranked_target_needs_both_consistency_and_auc():
     for recall, auc, met in ((0.96, 0.745, True), (0.94, 0.75, False), (0.99, 0.739, False)):
         arms = {"student_ranked": {"consistency_recall_at_100": recall, "auc_long_view": auc}}
         assert comparisons(arms, teacher)["student_ranked_meets_target"] is met
+        swept = {"student_ranked_fw=3": arms["student_ranked"]}
+        assert comparisons(swept, teacher)["student_ranked_fw=3_meets_target"] is met
 
 
 def test_parser_and_bad_modes():
@@ -61,6 +63,11 @@ def test_an_l1_sweep_makes_one_arm_per_mode_and_l1_with_its_ftrl():
     assert names == ["student_impressions_l1=0", "student_impressions_l1=0.25", "student_ranked_l1=0",
                      "student_ranked_l1=0.25"]
     assert [arm.learner.optimizer.ftrl.config.l1 for arm in arms] == [0.0, 0.25, 0.0, 0.25]
+    swept = student_arms(["impressions", "ranked"], [ItemFeatures("i1")], quick=True, seed=0,
+                         ranked={"listwise_weight": 2.0}, feedback_weights=[1.0, 3.0])
+    assert [arm.name for arm in swept] == ["student_impressions", "student_ranked_fw=1", "student_ranked_fw=3"]
+    assert [arm.learner.objective.feedback_loss_weight for arm in swept[1:]] == [1.0, 3.0]
+    assert {arm.learner.objective.listwise_weight for arm in swept[1:]} == {2.0}
     (plain,) = student_arms(["impressions"], [ItemFeatures("i1")], quick=True, seed=0, user_bias=True)
     assert plain.name == "student_impressions" and plain.learner.config.user_bias
 
