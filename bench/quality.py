@@ -47,6 +47,7 @@ import torch
 
 from core.threads import limit_threads
 from models.features import ItemFeatures
+from models.losses import StudentObjective
 from replay.arms import RankerArm, StudentArm
 from replay.candidates import CandidateConfig
 from replay.dataset import Dataset
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--teacher-batch-requests", type=int, default=256, help="requests per teacher update")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ranked-feedback-weight", default="1",
+    parser.add_argument("--ranked-feedback-weight", default=f"{StudentObjective().feedback_loss_weight:g}",
                         help="mode ranked: weight of the feedback BCE (StudentObjective.feedback_loss_weight), "
                              "comma-separated for a sweep: one ranked arm per weight, named student_ranked_fw=<w>")
     parser.add_argument("--ranked-listwise-weight", type=float, default=1.0,
@@ -123,7 +124,6 @@ def student_arms(modes: Sequence[str], catalog: Sequence[ItemFeatures], quick: b
     from models.export import size_report
     from models.ftrl import FTRLConfig
     from models.learner import StudentLearner
-    from models.losses import StudentObjective
     from models.two_tower import TwoTowerConfig
 
     config = (

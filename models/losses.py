@@ -213,7 +213,9 @@ class StudentObjective:
     teacher_weights: Mapping[str, float] = field(default_factory=lambda: DEFAULT_TEACHER_WEIGHTS)
     distill_lambda: LambdaSchedule = LinearLambda()
     listwise_weight: float = 1.0
-    feedback_loss_weight: float = 1.0
+    # 10: the smallest weight measured to keep the ranked student within 0.01 long-view AUC of the
+    # fine ranker at every-user volume with recall@100 0.97 (bench/results/quality-ranked-feedback-sweep*.json)
+    feedback_loss_weight: float = 10.0
     listwise_temperature: float = 1.0
     unscored_negatives: bool = True
 
