@@ -84,21 +84,29 @@ def install(runtime: Runtime, metrics: PrerankMetrics, serving=None):
 
     @runtime.app.agent(runtime.topic("score_responses"), name="ranker")
     async def ranker(stream):
-        async for event in stream.events():
-            # A response that cannot be ranked or whose rank-scores cannot be sent is a dead
-            # letter (agents/app.py); the ranker goes on with the next.
-            async with runtime.isolated("ranker", event):
-                response = await runtime.decode(score_responses.CODEC, event, "ranker")
-                if response is None:
-                    continue
-                top = features([i.item_id for i in response.items[: settings.worker.rank_k]])
-                ranked = rank_response(response, teacher, top, settings.worker.rank_k)
-                if ranked is not None and response.audit_candidates:
-                    for k, recall in consistency.observe(response, teacher, features).items():
-                        metrics.set_consistency_recall(k, recall)
-                if ranked is not None:
-                    await runtime.topic("rank_scores").send(
-                        key=response.user_id.encode(), value=rank_scores.CODEC.encode(ranked)
-                    )
+        # Responses are taken in batches of what has arrived (as the scorer takes its requests).
+        # The batch's events are acked when the step ends and an acked offset may be committed:
+        # its rank-scores are delivered first (sent at once, awaited together).
+        worker = settings.worker
+        async for events in stream.take_events(worker.scorer_batch, within=worker.scorer_batch_wait_s):
+            deliveries = []
+            for event in events:
+                # A response that cannot be ranked or whose rank-scores cannot be sent is a dead
+                # letter (agents/app.py); the ranker goes on with the next.
+                async with runtime.isolated("ranker", event):
+                    response = await runtime.decode(score_responses.CODEC, event, "ranker")
+                    if response is None:
+                        continue
+                    top = features([i.item_id for i in response.items[: worker.rank_k]])
+                    ranked = rank_response(response, teacher, top, worker.rank_k)
+                    if ranked is not None and response.audit_candidates:
+                        for k, recall in consistency.observe(response, teacher, features).items():
+                            metrics.set_consistency_recall(k, recall)
+                    if ranked is not None:
+                        deliveries.append((event, await runtime.topic("rank_scores").send(
+                            key=response.user_id.encode(), value=rank_scores.CODEC.encode(ranked), force=True)))
+            for event, delivery in deliveries:
+                async with runtime.isolated("ranker", event):
+                    await delivery
 
     return teacher

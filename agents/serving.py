@@ -255,40 +255,64 @@ def _install_joiner(runtime: Runtime, serving: Serving) -> None:
         state.send_changelog()
         report(found.join)
 
-    async def handle(event, add) -> None:
+    async def handle(steps) -> None:
+        """One joiner step over a batch of ``(event, add)``: each event's addition to its
+        partition's join (a failing one is that event's dead letter), then every request the
+        batch closed emitted at once, then the changelog of the whole batch."""
         async with lock:
-            found = state.join(event.message.partition)
-            if found is None:  # buffered before its partition moved away; the new owner reads it
-                return
-            try:
-                await emit(add(found.join), found.partition)  # emit raises only when cancelled
-            except Exception:
-                settle(found)  # what the join did before it failed is kept; the event is a dead letter
-                raise
-            settle(found)
+            touched = {}
+            ready: dict[int, list] = {}
+            for event, add in steps:
+                async with runtime.isolated("joiner", event):
+                    found = state.join(event.message.partition)
+                    if found is None:  # buffered before its partition moved away; the new owner reads it
+                        continue
+                    touched[found.partition] = found
+                    ready.setdefault(found.partition, []).extend(add(found.join))
+            try:  # emit raises only when cancelled; what the joins did is kept either way
+                await asyncio.gather(*(emit(parts, partition) for partition, parts in ready.items()))
+            finally:
+                for found in touched.values():
+                    found.save_watermark()
+                state.send_changelog()
+                for found in touched.values():
+                    report(found.join)
+
+    # What an event adds to its partition's join, as a function of the join: bound per record here
+    # (a lambda in the batch loop would see only the loop's last record).
+    def adding_rank_scores(record, event):
+        user = None if record.user is None else record.user.model_dump(mode="json")
+        offset = event.message.offset
+        return lambda join: join.add_rank_scores(record.request_id, record.user_id, record.ts_ms, record.items,
+                                                 record.candidates, user=user, offset=offset)
+
+    def adding_impression(record, event):
+        return lambda join: join.add_impression(record.request_id, record.user_id, record)
+
+    async def joiner_steps(events, codec, adding) -> list:
+        """The batch's valid records as ``(event, add)``; each invalid one is a dead letter."""
+        steps = []
+        for event in events:
+            async with runtime.isolated("joiner", event):
+                record = await runtime.decode(codec, event, "joiner")
+                if record is not None and await runtime.check_user_key(record, event, "joiner"):
+                    steps.append((event, adding(record, event)))
+        return steps
+
+    async def join_batches(stream, codec, adding) -> None:
+        async for events in stream.take_events(settings.worker.joiner_batch, within=settings.worker.joiner_batch_wait_s):
+            steps = await joiner_steps(events, codec, adding)
+            if steps:
+                last_event[0] = time.monotonic()
+                await handle(steps)
 
     @app.agent(runtime.topic("rank_scores"), name="joiner-rank-scores")
     async def joiner_rank_scores(stream):
-        async for event in stream.events():
-            async with runtime.isolated("joiner", event):
-                record = await runtime.decode(rank_scores.CODEC, event, "joiner")
-                if record is None or not await runtime.check_user_key(record, event, "joiner"):
-                    continue
-                last_event[0] = time.monotonic()
-                user = None if record.user is None else record.user.model_dump(mode="json")
-                await handle(event, lambda join: join.add_rank_scores(
-                    record.request_id, record.user_id, record.ts_ms, record.items, record.candidates, user=user,
-                    offset=event.message.offset))
+        await join_batches(stream, rank_scores.CODEC, adding_rank_scores)
 
     @app.agent(runtime.topic("impressions"), name="joiner-impressions")
     async def joiner_impressions(stream):
-        async for event in stream.events():
-            async with runtime.isolated("joiner", event):
-                record = await runtime.decode(impressions.CODEC, event, "joiner")
-                if record is None or not await runtime.check_user_key(record, event, "joiner"):
-                    continue
-                last_event[0] = time.monotonic()
-                await handle(event, lambda join: join.add_impression(record.request_id, record.user_id, record))
+        await join_batches(stream, impressions.CODEC, adding_impression)
 
     @app.timer(interval=1.0)
     async def close_idle_windows():

@@ -152,6 +152,8 @@ class WorkerSettings(BaseModel):
     local_cache_items: int = Field(default=50_000, ge=0)  # vectors the scorer computes per version (unpublished items)
     scorer_batch: int = Field(default=32, ge=1)  # score requests taken per agent step (one user-tower pass)
     scorer_batch_wait_s: float = Field(default=0.003, gt=0)  # the most a request waits for its batch to fill
+    joiner_batch: int = Field(default=64, ge=1)  # rank-scores / impressions taken per joiner step (one close, one changelog flush)
+    joiner_batch_wait_s: float = Field(default=0.005, gt=0)  # the most an event waits for its joiner batch to fill
     catalog_items: int = Field(default=200_000, ge=1)  # item features held per worker (LRU over Redis)
     torch_threads: int = Field(default=1, ge=1)  # per worker process: workers share the cores
     gc_young_objects: int = Field(default=50_000, ge=100)  # allocations between young collections (core.memory)
