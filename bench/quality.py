@@ -45,6 +45,7 @@ from types import MappingProxyType
 
 import torch
 
+from core.settings import ModelSettings
 from core.threads import limit_threads
 from models.features import ItemFeatures
 from models.losses import StudentObjective
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mode ranked: weight of the listwise KL (StudentObjective.listwise_weight)")
     parser.add_argument("--l1", default=None,
                         help="FTRL l1 of the students' rows, comma-separated for a sweep: one arm per mode and "
-                             "l1, named student_<mode>_l1=<l1> (default: FTRLConfig's)")
+                             "l1, named student_<mode>_l1=<l1> (default: the trainer's model.ftrl_l1, the knee at full volume)")
     parser.add_argument("--head", choices=("cosine", "interaction"), default="cosine",
                         help="the students' head: the cosine or a shallow interaction network (TwoTowerConfig.head)")
     parser.add_argument("--user-bias", action=argparse.BooleanOptionalAction, default=False,
@@ -143,7 +144,7 @@ def student_arms(modes: Sequence[str], catalog: Sequence[ItemFeatures], quick: b
             "ftrl_l1": learner.optimizer.ftrl.config.l1,
         }
 
-    sweep = [(f"_l1={l1:g}", FTRLConfig(l1=l1)) for l1 in l1_values] or [("", FTRLConfig())]
+    sweep = [(f"_l1={l1:g}", FTRLConfig(l1=l1)) for l1 in l1_values] or [("", FTRLConfig(l1=ModelSettings().ftrl_l1))]
 
     def objectives(mode: str) -> list[tuple[str, StudentObjective]]:
         if mode != "ranked":

@@ -110,7 +110,7 @@ class ModelSettings(BaseModel):
     top_n: int = Field(default=10, ge=1)
     easy_negatives: int = Field(default=20, ge=0)
     min_count: int = Field(default=1, ge=1)
-    ftrl_l1: float = Field(default=0.5, ge=0.0)  # FTRL's l1 on embedding rows: higher, more all-zero rows
+    ftrl_l1: float = Field(default=28.0, ge=0.0)  # FTRL's l1 on embedding rows (the knee at full volume; FTRLConfig)
     user_bias: bool = False  # a per-user logit offset (TwoTowerConfig.user_bias): same rank, calibrated across users
     head: Literal["cosine", "interaction"] = "cosine"  # the towers' meeting point (models.interaction)
     seed: int = 0

@@ -33,7 +33,10 @@ class FTRLConfig:
     """FTRL-Proximal hyperparameters (learning rate ``alpha``, ``beta``, ``l1``, ``l2``).
 
     The student's learner feeds per-example summed gradients, so ``l1`` and ``l2`` are in
-    per-example units (on the synthetic stream ``l1=1`` zeroes about half of the rows).
+    per-example units and ``z`` grows with the volume a row sees: the knee on KuaiRand's full
+    volume is ``l1=28`` (53% all-zero rows at a long-view AUC loss of 0.0047, the trainer's
+    default ``model.ftrl_l1``), while on a user-sampled or small stream ``l1=0.5`` (this default)
+    already zeroes 72-91% of the rows.
     """
 
     alpha: float = 0.05

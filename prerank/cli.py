@@ -97,6 +97,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from replay.exceptions import ReplayInterrupted
 
     data = None if args.synthetic else (args.data or settings.data)
+    settings = _with_ftrl_l1(settings, args.ftrl_l1, sampled=args.max_requests is not None)
     console = ReplayConsole()
     try:
         report = run_replay(
@@ -121,6 +122,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from replay.command import run_replay
     from replay.exceptions import ReplayInterrupted
 
+    settings = _with_ftrl_l1(settings, args.ftrl_l1, sampled=True)
     print("starting the local stack (Kafka, Redis, Prometheus on 127.0.0.1) ...")
     for name, seconds in stack.up(settings, with_prometheus=True).items():
         print(f"  {name:<11} ready after {seconds:5.1f}s")
@@ -143,6 +145,16 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"Prometheus: http://{settings.stack.host}:{settings.stack.prometheus_port} (the stack stays up; "
           "`prerank stack down` stops it)")
     return 0
+
+
+def _with_ftrl_l1(settings: Settings, l1: float | None, sampled: bool) -> Settings:
+    """``settings`` with the trainer's FTRL l1: the flag's, else the one configured, else on a
+    user-sampled stream :data:`SAMPLED_FTRL_L1` (the default is the knee at full volume)."""
+    if l1 is None:
+        if not sampled or "ftrl_l1" in settings.model.model_fields_set:
+            return settings
+        l1 = SAMPLED_FTRL_L1
+    return settings.model_copy(update={"model": type(settings.model)(**{**settings.model.model_dump(), "ftrl_l1": l1})})
 
 
 def _print_report(report_dir: Path, report: dict) -> None:
@@ -168,6 +180,9 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 DEMO_L1_SWEEP = "0,0.5,2"
+# FTRL's l1 grows with the gradients a row sums, so the default (the knee at full volume) zeroes
+# nearly every row of a user-sampled stream; there 0.5 is about the knee (README, the l1 sweeps).
+SAMPLED_FTRL_L1 = 0.5
 
 
 def _positive_int(text: str) -> int:
@@ -251,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--l1-sweep", default="0,0.1,0.5,1,2",
                    help="FTRL l1 values to sweep in process for the zero-rows plot ('' skips it)")
     p.add_argument("--l1-sweep-requests", type=int, default=20_000, help="the last N replayed requests")
+    p.add_argument("--ftrl-l1", type=float, default=None,
+                   help="the trainer's FTRL l1 (default: PRERANK_MODEL__FTRL_L1 if set, else "
+                        f"{SAMPLED_FTRL_L1} on a user sample and model.ftrl_l1, the knee at full volume, with --all-users)")
     p.add_argument("--cold-start", action="store_true",
                    help="the student starts from random weights (default: trained on the teacher's pre-period)")
     p.add_argument("--resume", action="store_true",
@@ -263,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=1000)
     p.add_argument("--report-dir", type=Path, default=Path("reports/demo"))
     p.add_argument("--l1-sweep-requests", type=int, default=8_000)
+    p.add_argument("--ftrl-l1", type=float, default=None,
+                   help=f"the trainer's FTRL l1 (default: PRERANK_MODEL__FTRL_L1 if set, else {SAMPLED_FTRL_L1}: "
+                        "the demo streams a user sample)")
     p.set_defaults(run=_demo)
 
     p = sub.add_parser("report", help="write report.md and plots from a replay's report.json")

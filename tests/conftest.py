@@ -17,6 +17,7 @@ from core.ports import (
     port_open,
 )
 from core.settings import Settings, load_settings
+from prerank.cli import SAMPLED_FTRL_L1
 
 REQUIRE_SERVICES = os.environ.get("PRERANK_REQUIRE_SERVICES", "") in ("1", "true", "yes")
 
@@ -48,6 +49,9 @@ def stack_settings(base_settings: Settings, tmp_path):
         **data["worker"], "app_id": f"prerank-t{run}", "data_dir": tmp_path / "faust",
         "checkpoint_dir": tmp_path / "checkpoints", "web_port": free_port(), "metrics_port": free_port(),
     }
+    # The tests stream a few hundred requests: the trainer's l1 for a small stream, not the
+    # full-volume default (models.ftrl.FTRLConfig explains the difference).
+    data["model"] = {**data["model"], "ftrl_l1": SAMPLED_FTRL_L1}
     settings = Settings(**data)
     from streams.registry import create_topics
 

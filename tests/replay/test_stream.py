@@ -75,3 +75,14 @@ def test_all_users_streams_every_request_of_the_replay_period(dataset):
     _, sampled, sampling = replay_requests(dataset, StreamConfig(train_until_ms=config.train_until_ms,
                                                                  eval_from_ms=config.eval_from_ms, max_requests=20))
     assert sampling["user_sample_rate"] < 1.0 and len(sampled) < len(streamed)
+
+
+def test_a_user_sampled_replay_uses_the_sampled_l1_unless_one_is_configured():
+    from prerank.cli import SAMPLED_FTRL_L1, _with_ftrl_l1
+
+    default = Settings()
+    assert _with_ftrl_l1(default, None, sampled=True).model.ftrl_l1 == SAMPLED_FTRL_L1
+    assert _with_ftrl_l1(default, None, sampled=False).model.ftrl_l1 == default.model.ftrl_l1
+    assert _with_ftrl_l1(default, 3.0, sampled=True).model.ftrl_l1 == 3.0
+    configured = Settings(model={"ftrl_l1": 2.0})
+    assert _with_ftrl_l1(configured, None, sampled=True).model.ftrl_l1 == 2.0
