@@ -31,6 +31,7 @@ import faust
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from agents.transport import FetchWaitApp
 from core.kafka import faust_brokers, faust_credentials
 from core.settings import Settings
 from monitoring.metrics import DEAD_LETTER_REASONS
@@ -55,8 +56,9 @@ def create_faust_app(
     # Faust's table views (/table/<name>/<key>/ returns a stored user profile) and its router
     # (the cluster's topology) are off unless configured: the worker's own pages (POST /score) stay.
     tables_web = worker.web_tables_enabled
-    app = faust.App(
+    app = FetchWaitApp(
         app_id or worker.app_id,
+        fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
         broker=faust_brokers(settings.kafka),
         broker_credentials=faust_credentials(settings.kafka),
         store=worker.store,

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents.app import Runtime, bounded, frames
-from core.kafka import aiokafka_options, kafka_python_options
+from core.kafka import aiokafka_options, consumer_options, kafka_python_options
 from core.redis import RedisUnavailable
 from funnel.checkpoint import CheckpointDir
 from funnel.convert import sample_from_record
@@ -240,7 +240,7 @@ class Trainer:
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
-            **aiokafka_options(self.settings.kafka), enable_auto_commit=False,
+            **aiokafka_options(self.settings.kafka), **consumer_options(self.settings.kafka), enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024,
         )
         await consumer.start()

@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer
 
 from agents.app import bounded
 from agents.trainer import LEARNED_IDS_FILE, LearnStep, Trainer, TrainerState
-from core.kafka import aiokafka_options
+from core.kafka import aiokafka_options, consumer_options
 from core.redis import RedisUnavailable
 from funnel.dedupe import RecentIds
 from funnel.trainer_group import (
@@ -127,7 +127,7 @@ class GroupTrainer(Trainer):
             self.publisher.version = self.state.counters.get("version", 0)
             self._cold_start = await loop.run_in_executor(None, self._store_is_empty)
         consumer = AIOKafkaConsumer(
-            **aiokafka_options(self.settings.kafka), enable_auto_commit=False,
+            **aiokafka_options(self.settings.kafka), **consumer_options(self.settings.kafka), enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024,
         )
         await consumer.start()

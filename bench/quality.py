@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mode ranked: weight of the listwise KL (StudentObjective.listwise_weight)")
     parser.add_argument("--l1", default=None,
                         help="FTRL l1 of the students' rows, comma-separated for a sweep: one arm per mode and "
-                             "l1, named student_<mode>_l1=<l1> (default: the trainer's model.ftrl_l1, the knee at full volume)")
+                             "l1, named student_<mode>_l1=<l1> (default: the trainer's, ModelSettings.trainer_ftrl_l1)")
     parser.add_argument("--head", choices=("cosine", "interaction"), default="cosine",
                         help="the students' head: the cosine or a shallow interaction network (TwoTowerConfig.head)")
     parser.add_argument("--user-bias", action=argparse.BooleanOptionalAction, default=False,
@@ -144,7 +144,9 @@ def student_arms(modes: Sequence[str], catalog: Sequence[ItemFeatures], quick: b
             "ftrl_l1": learner.optimizer.ftrl.config.l1,
         }
 
-    sweep = [(f"_l1={l1:g}", FTRLConfig(l1=l1)) for l1 in l1_values] or [("", FTRLConfig(l1=ModelSettings().ftrl_l1))]
+    def sweep(mode: str) -> list[tuple[str, FTRLConfig]]:
+        trainers = FTRLConfig(l1=ModelSettings(mode=mode).trainer_ftrl_l1)
+        return [(f"_l1={l1:g}", FTRLConfig(l1=l1)) for l1 in l1_values] or [("", trainers)]
 
     def objectives(mode: str) -> list[tuple[str, StudentObjective]]:
         if mode != "ranked":
@@ -158,7 +160,7 @@ def student_arms(modes: Sequence[str], catalog: Sequence[ItemFeatures], quick: b
     return [
         StudentArm(f"student_{mode}{variant}{suffix}", StudentLearner(config, objective=objective, ftrl=ftrl),
                    catalog, extra_report=export_report)
-        for mode in modes for variant, objective in objectives(mode) for suffix, ftrl in sweep
+        for mode in modes for variant, objective in objectives(mode) for suffix, ftrl in sweep(mode)
     ]  # fmt: skip
 
 

@@ -49,6 +49,11 @@ def kafka_python_options(kafka: KafkaSettings) -> dict[str, Any]:
     return options
 
 
+def consumer_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """What a consumer adds to the connection options (kafka-python and aiokafka name it alike)."""
+    return {"fetch_max_wait_ms": kafka.fetch_max_wait_ms}
+
+
 def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
     """The TLS context of SSL and SASL_SSL listeners for aiokafka and Faust (None for plaintext)."""
     if kafka.security_protocol not in ("SSL", "SASL_SSL"):

@@ -14,6 +14,7 @@ SecretStr('**********')
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+DEFAULT_FTRL_L1 = 0.5
+# The largest l1 with a long-view AUC loss <= 0.005 at KuaiRand's full volume (every user, in
+# process, bench/results/quality-l1-knee-28.json: 53% all-zero rows). The ranked mode uses nearly
+# every row (4% zero at l1=0.5) and loses 0.0047 AUC and recall@100 0.97 -> 0.935 at 28
+# (quality-ranked-l1-28.json), so it and the unmeasured modes keep DEFAULT_FTRL_L1.
+FTRL_L1_KNEES = MappingProxyType({"impressions": 28.0})
 
 
 class KafkaSettings(BaseModel):
@@ -36,6 +45,10 @@ class KafkaSettings(BaseModel):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    # How long a consumer's fetch may wait at the broker for data (every consumer of the
+    # project: Faust's 1500 ms and the clients' 500 ms left requests queued behind a fetch in
+    # flight; agents/transport.py says why). Lower: less latency, more fetches while idle.
+    fetch_max_wait_ms: int = Field(default=20, ge=1, le=60_000)
 
 
 
@@ -110,10 +123,16 @@ class ModelSettings(BaseModel):
     top_n: int = Field(default=10, ge=1)
     easy_negatives: int = Field(default=20, ge=0)
     min_count: int = Field(default=1, ge=1)
-    ftrl_l1: float = Field(default=28.0, ge=0.0)  # FTRL's l1 on embedding rows (the knee at full volume; FTRLConfig)
+    # FTRL's l1 on embedding rows; None: the mode's knee at full volume (FTRL_L1_KNEES, trainer_ftrl_l1)
+    ftrl_l1: float | None = Field(default=None, ge=0.0)
     user_bias: bool = False  # a per-user logit offset (TwoTowerConfig.user_bias): same rank, calibrated across users
     head: Literal["cosine", "interaction"] = "cosine"  # the towers' meeting point (models.interaction)
     seed: int = 0
+
+    @property
+    def trainer_ftrl_l1(self) -> float:
+        """The l1 the trainer uses: ``ftrl_l1`` if set, else the mode's measured knee."""
+        return self.ftrl_l1 if self.ftrl_l1 is not None else FTRL_L1_KNEES.get(self.mode, DEFAULT_FTRL_L1)
 
 
 class WorkerSettings(BaseModel):

@@ -29,7 +29,7 @@ def new_learner(settings: Settings) -> StudentLearner:
         output_dim=model.output_dim, min_count=model.min_count, user_bias=model.user_bias, head=model.head,
         seed=model.seed,
     )
-    return StudentLearner(config, objective=StudentObjective(mode=model.mode), ftrl=FTRLConfig(l1=model.ftrl_l1))
+    return StudentLearner(config, objective=StudentObjective(mode=model.mode), ftrl=FTRLConfig(l1=model.trainer_ftrl_l1))
 
 
 class ProgressiveAUC:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core.kafka import kafka_python_options
 from core.redis import redis_client
-from core.settings import Settings, load_settings
+from core.settings import DEFAULT_FTRL_L1, Settings, load_settings
 from prerank.exceptions import PrerankError
 from replay.exceptions import ReplayError, ReplayStalled
 
@@ -149,9 +149,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def _with_ftrl_l1(settings: Settings, l1: float | None, sampled: bool) -> Settings:
     """``settings`` with the trainer's FTRL l1: the flag's, else the one configured, else on a
-    user-sampled stream :data:`SAMPLED_FTRL_L1` (the default is the knee at full volume)."""
+    user-sampled stream :data:`SAMPLED_FTRL_L1` (the default is the mode's knee at full volume)."""
     if l1 is None:
-        if not sampled or "ftrl_l1" in settings.model.model_fields_set:
+        if not sampled or settings.model.ftrl_l1 is not None:
             return settings
         l1 = SAMPLED_FTRL_L1
     return settings.model_copy(update={"model": type(settings.model)(**{**settings.model.model_dump(), "ftrl_l1": l1})})
@@ -182,7 +182,7 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 DEMO_L1_SWEEP = "0,0.5,2"
 # FTRL's l1 grows with the gradients a row sums, so the default (the knee at full volume) zeroes
 # nearly every row of a user-sampled stream; there 0.5 is about the knee (README, the l1 sweeps).
-SAMPLED_FTRL_L1 = 0.5
+SAMPLED_FTRL_L1 = DEFAULT_FTRL_L1
 
 
 def _positive_int(text: str) -> int:
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--l1-sweep-requests", type=int, default=20_000, help="the last N replayed requests")
     p.add_argument("--ftrl-l1", type=float, default=None,
                    help="the trainer's FTRL l1 (default: PRERANK_MODEL__FTRL_L1 if set, else "
-                        f"{SAMPLED_FTRL_L1} on a user sample and model.ftrl_l1, the knee at full volume, with --all-users)")
+                        f"{SAMPLED_FTRL_L1} on a user sample, the mode's knee at full volume with --all-users)")
     p.add_argument("--cold-start", action="store_true",
                    help="the student starts from random weights (default: trained on the teacher's pre-period)")
     p.add_argument("--resume", action="store_true",

@@ -244,7 +244,7 @@ def run_mode(settings: Settings, mode: str, dataset, config: StreamConfig, teach
         "export_bytes": meta.get("weights_bytes"),
         "export_bytes_unpruned": unpruned,
         "final_version": meta.get("version"),
-        "ftrl_l1": ms.model.ftrl_l1,
+        "ftrl_l1": ms.model.trainer_ftrl_l1,
     })
     return result, replay.baseline_summaries()
 

@@ -38,7 +38,7 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from core.kafka import kafka_python_options
+from core.kafka import consumer_options, kafka_python_options
 from core.settings import Settings
 from funnel.history import HistoryConfig
 from funnel.labels import request_rng
@@ -211,7 +211,7 @@ class StreamingReplay:
         config = self.config
         kafka = kafka_python_options(self.settings.kafka)
         producer = KafkaProducer(**kafka, linger_ms=2, max_request_size=8 * 1024 * 1024)
-        consumer = KafkaConsumer(**kafka, group_id=None, enable_auto_commit=False,
+        consumer = KafkaConsumer(**kafka, **consumer_options(self.settings.kafka), group_id=None, enable_auto_commit=False,
                                  max_partition_fetch_bytes=8 * 1024 * 1024)
         partitions = [TopicPartition(self.topic("score_responses"), p)
                       for p in sorted(consumer.partitions_for_topic(self.topic("score_responses")) or [])]
